@@ -1,0 +1,106 @@
+//! The contract between the userli-postfix-adapter engine and a user directory.
+//!
+//! A backend answers the four questions Postfix asks through socketmap lookups:
+//! which addresses an alias expands to, whether a domain or mailbox exists, and
+//! which logins may send as an address. The engine owns everything around it:
+//! the wire protocols, address normalisation, deadlines, metrics and caching.
+//! A backend only has to answer honestly, and to say so when it cannot.
+//!
+//! # Layout
+//! - [`LookupBackend`]: the trait a backend implements (re-exported [`async_trait`] included,
+//!   so a custom backend needs only this crate).
+//! - [`Address`]: a normalised mailbox address as the engine hands it to a backend.
+//! - [`BackendError`]: "I could not answer", which the engine turns into a *temporary*
+//!   answer for Postfix (`TEMP`), never into "not found".
+//! - `testkit` (feature): conformance checks against userli's `basic` fixture data set.
+//!
+//! # Rules for implementors
+//! - "Not found" is a value (`Ok(false)`, `Ok(vec![])`), never an error.
+//! - Any doubt is an error: a timeout, an unexpected status or body must be a
+//!   [`BackendError`], because a wrong "not found" bounces mail while an error only
+//!   delays it.
+//! - Keys arrive already normalised (see [`Address`]); a backend applies only the
+//!   validation rules of its own data model.
+
+pub use async_trait::async_trait;
+
+mod address;
+mod error;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+pub use address::{Address, AddressError};
+pub use error::{BackendError, BoxError};
+
+use std::sync::Arc;
+
+/// A user directory the adapter can answer Postfix lookups from.
+///
+/// Implementations must be cheap to call concurrently: the engine calls them from
+/// many connections at once and applies its own deadline around every call, so a
+/// backend need not enforce one itself (dropping the future cancels the call).
+#[async_trait]
+pub trait LookupBackend: Send + Sync + 'static {
+    /// Destinations of the alias `address`, in the backend's order.
+    ///
+    /// An empty list means "`address` is not an alias".
+    async fn aliases(&self, address: &Address) -> Result<Vec<String>, BackendError>;
+
+    /// Whether mail for `domain` is handled here (a `virtual_mailbox_domains` member).
+    ///
+    /// `domain` is lower-case, trimmed and non-empty; it may still be something that
+    /// is no domain at all (Postfix passes through what it gets).
+    async fn domain_exists(&self, domain: &str) -> Result<bool, BackendError>;
+
+    /// Whether `address` is an existing (not deleted) mailbox.
+    async fn mailbox_exists(&self, address: &Address) -> Result<bool, BackendError>;
+
+    /// The SASL logins allowed to use `address` as envelope sender
+    /// (`smtpd_sender_login_maps`). An empty list means "nobody".
+    async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError>;
+
+    /// Whether the backend can answer right now; drives the `/ready` endpoint.
+    ///
+    /// The default says "always ready", which suits backends without remote parts.
+    async fn health(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Re-reads the backend's data or settings (the engine calls this on SIGHUP).
+    ///
+    /// On error the backend must keep serving its previous data. The default does
+    /// nothing.
+    async fn reload(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// A short name for logs and metrics, such as `userli` or `fixture`.
+    fn name(&self) -> &str {
+        "custom"
+    }
+}
+
+#[async_trait]
+impl<T: LookupBackend + ?Sized> LookupBackend for Arc<T> {
+    async fn aliases(&self, address: &Address) -> Result<Vec<String>, BackendError> {
+        (**self).aliases(address).await
+    }
+    async fn domain_exists(&self, domain: &str) -> Result<bool, BackendError> {
+        (**self).domain_exists(domain).await
+    }
+    async fn mailbox_exists(&self, address: &Address) -> Result<bool, BackendError> {
+        (**self).mailbox_exists(address).await
+    }
+    async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError> {
+        (**self).senders(address).await
+    }
+    async fn health(&self) -> Result<(), BackendError> {
+        (**self).health().await
+    }
+    async fn reload(&self) -> Result<(), BackendError> {
+        (**self).reload().await
+    }
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+}

@@ -1,0 +1,1 @@
+//! userli HTTP API backend (stub, being written).
