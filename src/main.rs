@@ -1,1 +1,165 @@
-fn main(){}
+//! The `userli-postfix-adapter` binary: serve, query once, or check the configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use userli_postfix_adapter::config::{self, Config, LogFormat, Sources};
+use userli_postfix_adapter::lookup::{LookupService, MapName};
+use userli_postfix_adapter::metrics::Metrics;
+use userli_postfix_adapter::normalize::Normalizer;
+use userli_postfix_adapter::protocol::socketmap::Reply;
+use userli_postfix_adapter::{Server, backend};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Postfix socketmap adapter for userli and other user directories",
+    after_help = config::settings::help_text()
+)]
+struct Cli {
+    /// A TOML configuration file (keys are the settings in lower case); the
+    /// environment overrides it. Same as CONFIG_FILE.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve Postfix (the default).
+    Serve,
+    /// Look one key up through the configured backend and print the socketmap reply.
+    ///
+    /// Exit status: 0 OK, 1 NOTFOUND, 75 TEMP, 78 PERM.
+    Query {
+        /// alias, domain, mailbox or senders.
+        map: String,
+        /// The key, as Postfix would send it.
+        key: String,
+    },
+    /// Validate the configuration and print it, secrets redacted.
+    CheckConfig,
+    /// Print the configuration reference as Markdown (used for the README).
+    #[command(hide = true)]
+    ConfigReference,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::ConfigReference) = cli.command {
+        print!("{}", config::settings::reference_markdown());
+        return ExitCode::SUCCESS;
+    }
+    let config = match config::load(&Sources::from_process(cli.config.clone())) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("userli-postfix-adapter: configuration error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Some(Command::CheckConfig) = cli.command {
+        print!("{}", config.render_effective());
+        println!("# configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("userli-postfix-adapter: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Query { map, key }) => query(config, &map, &key).await,
+            _ => serve(config).await.map(|()| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "fatal error");
+            eprintln!("userli-postfix-adapter: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(config.log_level.as_tracing())
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    match config.log_format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let metrics = Metrics::new().context("creating metrics")?;
+    let backend = backend::build_backend(&config, &metrics).context("starting the backend")?;
+    let backend_name = backend.name().to_owned();
+    let server = Server::bind(config, backend.clone(), metrics.clone()).await?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        backend = backend_name,
+        socketmap = ?server.socketmap_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        metrics = ?server.http_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "userli-postfix-adapter started"
+    );
+
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    let reload_backend = backend.clone();
+    let reload_metrics = metrics.clone();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP received, reloading the backend");
+            backend::reload(reload_backend.as_ref(), &reload_metrics).await;
+        }
+    });
+
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+        }
+    };
+    server.run(shutdown).await;
+    tracing::info!("All servers stopped");
+    Ok(())
+}
+
+async fn query(config: Config, map: &str, key: &str) -> anyhow::Result<ExitCode> {
+    let metrics = Metrics::new().context("creating metrics")?;
+    let backend = backend::build_backend(&config, &metrics).context("starting the backend")?;
+    let service = LookupService::new(
+        Arc::clone(&backend),
+        Normalizer::new(&config.recipient_delimiter),
+        config.lookup_timeout,
+        metrics,
+    );
+    let reply = match MapName::parse(map) {
+        Some(m) => service.lookup(m, key.as_bytes()).await,
+        None => Reply::Perm(userli_postfix_adapter::protocol::socketmap::UNKNOWN_MAP_NAME.into()),
+    };
+    println!("{}", String::from_utf8_lossy(&reply.render()));
+    Ok(ExitCode::from(match reply {
+        Reply::Ok(_) => 0,
+        Reply::NotFound => 1,
+        Reply::Temp(_) => 75,
+        Reply::Perm(_) => 78,
+    }))
+}

@@ -144,7 +144,7 @@ mod tests {
     fn decodes_postfix_requests() {
         let frames = decode_all(
             NetstringDecoder::new(100),
-            b"18:domain example.com,22:alias alias@example.org,",
+            b"18:domain example.com,23:alias alias@example.org,",
         )
         .unwrap();
         assert_eq!(frames, vec![&b"domain example.com"[..], &b"alias alias@example.org"[..]]);

@@ -1,0 +1,81 @@
+//! Building the configured backend, and reloading it on SIGHUP.
+
+use std::sync::Arc;
+
+use postfix_adapter_backend::LookupBackend;
+
+#[allow(unused_imports)]
+use crate::config::{BackendKind, Config};
+use crate::metrics::Metrics;
+
+/// The configured backend could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The backend was compiled out (cargo feature disabled).
+    #[error("LOOKUP_BACKEND={0} is not compiled into this binary")]
+    NotCompiled(&'static str),
+    /// A configuration value the backend needs is missing.
+    #[error("{0}")]
+    Missing(&'static str),
+    /// The backend refused to start.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Builds the backend `config` selects, registering its metrics on `metrics`.
+///
+/// # Errors
+/// [`BuildError`] when the backend cannot start (bad fixture file, bad URL, ...).
+pub fn build_backend(
+    config: &Config,
+    metrics: &Metrics,
+) -> Result<Arc<dyn LookupBackend>, BuildError> {
+    let _ = metrics;
+    match config.backend {
+        #[cfg(feature = "backend-userli")]
+        BackendKind::Userli => {
+            use postfix_adapter_backend_userli::{UserliBackend, UserliConfig};
+            let token = config
+                .userli_token
+                .as_ref()
+                .ok_or(BuildError::Missing("USERLI_TOKEN is required"))?;
+            let mut userli = UserliConfig::new(config.userli_base_url.clone(), token.expose());
+            // The engine's deadline is the real limit; the client's own timeout only
+            // has to be slightly longer so the engine's TEMP wins the race.
+            userli.timeout = config.lookup_timeout + std::time::Duration::from_millis(500);
+            let backend = UserliBackend::new(userli, Some(metrics.registry()))
+                .map_err(|e| BuildError::Backend(e.to_string()))?;
+            Ok(Arc::new(backend))
+        }
+        #[cfg(feature = "backend-fixture")]
+        BackendKind::Fixture => {
+            use postfix_adapter_backend_fixture::FixtureBackend;
+            let path = config
+                .fixture_path
+                .as_ref()
+                .ok_or(BuildError::Missing("FIXTURE_PATH is required"))?;
+            let backend =
+                FixtureBackend::load(path).map_err(|e| BuildError::Backend(e.to_string()))?;
+            Ok(Arc::new(backend))
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(BuildError::NotCompiled(other.as_str())),
+    }
+}
+
+/// Reloads `backend` (SIGHUP), logging and counting the result. On failure the
+/// backend keeps its previous data.
+pub async fn reload(backend: &dyn LookupBackend, metrics: &Metrics) -> bool {
+    match backend.reload().await {
+        Ok(()) => {
+            metrics.reloads.with_label_values(&["success"]).inc();
+            tracing::info!(backend = backend.name(), "backend reloaded");
+            true
+        }
+        Err(e) => {
+            metrics.reloads.with_label_values(&["error"]).inc();
+            tracing::error!(backend = backend.name(), error = %e, "backend reload failed, keeping the previous data");
+            false
+        }
+    }
+}

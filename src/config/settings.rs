@@ -1,0 +1,196 @@
+//! The one table of settings: it drives loading, `--help`, `check-config` and the
+//! configuration reference in the README (a test keeps the README in sync).
+
+/// One configuration setting.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The environment variable (upstream's name where upstream has it).
+    pub env: &'static str,
+    /// The built-in default, if any.
+    pub default: Option<&'static str>,
+    /// Whether the value must never be printed or logged.
+    pub secret: bool,
+    /// Whether upstream (the Go adapter) has this setting.
+    pub upstream: bool,
+    /// What the setting means, one or two sentences of Markdown.
+    pub help: &'static str,
+}
+
+impl Setting {
+    /// The key in the TOML configuration file: the variable name in lower case.
+    pub fn file_key(&self) -> String {
+        self.env.to_ascii_lowercase()
+    }
+}
+
+const fn s(
+    env: &'static str,
+    default: Option<&'static str>,
+    upstream: bool,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        env,
+        default,
+        secret: false,
+        upstream,
+        help,
+    }
+}
+
+/// Every setting, in the order of the reference.
+pub const SETTINGS: &[Setting] = &[
+    Setting {
+        env: "USERLI_TOKEN",
+        default: None,
+        secret: true,
+        upstream: true,
+        help: "API token for userli's `/api/postfix` endpoints. Required with the `userli` backend. Never logged or printed.",
+    },
+    Setting {
+        env: "USERLI_TOKEN_FILE",
+        default: None,
+        secret: false,
+        upstream: false,
+        help: "Read the token from this file instead (trailing newline removed); for Docker/systemd secrets. Setting both is an error.",
+    },
+    s(
+        "USERLI_BASE_URL",
+        Some("http://localhost:8000"),
+        true,
+        "Base URL of userli; with or without a trailing slash, may carry a path prefix. `http` or `https`.",
+    ),
+    s(
+        "SOCKETMAP_LISTEN_ADDR",
+        Some(":10001"),
+        true,
+        "Socketmap listener: `:port` (all interfaces), `host:port`, `[v6]:port`, or a UNIX socket path (contains `/`, ends in `.sock`, or starts with `unix:`).",
+    ),
+    s(
+        "METRICS_LISTEN_ADDR",
+        Some(":10002"),
+        true,
+        "Listener for `/metrics`, `/health` and `/ready`; same syntax.",
+    ),
+    s(
+        "POSTFIX_RECIPIENT_DELIMITER",
+        Some(""),
+        true,
+        "Address extension delimiters, as Postfix's `recipient_delimiter`: *each character* is a delimiter and the local part is cut at the first one (`user+tag@x` → `user@x`). Empty disables stripping.",
+    ),
+    s(
+        "LOG_LEVEL",
+        Some("info"),
+        true,
+        "`trace`, `debug`, `info`, `warn`, `error` (upstream's `dpanic`, `panic`, `fatal` mean `error`). Addresses appear only at `debug`.",
+    ),
+    s(
+        "LOG_FORMAT",
+        Some("json"),
+        false,
+        "`json` (one object per line, as upstream) or `text`.",
+    ),
+    s(
+        "LOOKUP_BACKEND",
+        Some("userli"),
+        false,
+        "Where answers come from: `userli` (the HTTP API) or `fixture` (a TOML file, see `FIXTURE_PATH`).",
+    ),
+    s(
+        "FIXTURE_PATH",
+        None,
+        false,
+        "The fixture file for `LOOKUP_BACKEND=fixture`; reloaded on SIGHUP.",
+    ),
+    s(
+        "LOOKUP_TIMEOUT",
+        Some("3s"),
+        false,
+        "Deadline for one lookup (Go duration syntax, at most `60s`); on expiry Postfix gets `TEMP`. Keep it far below Postfix's 100 s.",
+    ),
+    s(
+        "SOCKETMAP_MAX_REQUEST_SIZE",
+        Some("16384"),
+        false,
+        "Largest accepted request netstring payload in bytes (Postfix sends at most 10000-byte keys); a larger declared length closes the connection before anything is buffered.",
+    ),
+    s(
+        "SOCKETMAP_MAX_CONNECTIONS",
+        Some("10000"),
+        false,
+        "Concurrent socketmap connections; further connections are closed at once and counted.",
+    ),
+    s(
+        "SOCKETMAP_IDLE_TIMEOUT",
+        Some("1h"),
+        false,
+        "Close a connection that has sent nothing for this long (`0` = never). Postfix reconnects transparently.",
+    ),
+    s(
+        "SOCKETMAP_IO_TIMEOUT",
+        Some("10s"),
+        false,
+        "Limit for receiving the rest of a started request and for writing a reply.",
+    ),
+    s(
+        "UNIX_SOCKET_MODE",
+        Some("0660"),
+        false,
+        "File mode (octal) of UNIX listener sockets. Upstream used `0666`.",
+    ),
+    s(
+        "SHUTDOWN_GRACE_PERIOD",
+        Some("10s"),
+        false,
+        "On SIGTERM/SIGINT: how long to wait for requests in progress before exiting.",
+    ),
+    s(
+        "CONFIG_FILE",
+        None,
+        false,
+        "A TOML file with any of these settings, keys in lower case (`lookup_timeout = \"5s\"`); same as `--config`. The environment overrides it.",
+    ),
+];
+
+/// Looks a setting up by variable name.
+pub fn find(env: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.env == env)
+}
+
+/// The configuration reference as a Markdown table (embedded in the README).
+pub fn reference_markdown() -> String {
+    let mut out = String::from(
+        "| Environment variable | File key | Default | Meaning |\n|---|---|---|---|\n",
+    );
+    for s in SETTINGS {
+        let default = match s.default {
+            Some("") => "(empty)".to_owned(),
+            Some(d) => format!("`{d}`"),
+            None if s.env == "USERLI_TOKEN" => "required for `userli`".to_owned(),
+            None => "—".to_owned(),
+        };
+        let origin = if s.upstream { "" } else { " *(new)*" };
+        out.push_str(&format!(
+            "| `{}`{origin} | `{}` | {default} | {} |\n",
+            s.env,
+            s.file_key(),
+            s.help
+        ));
+    }
+    out
+}
+
+/// The settings as plain text for `--help`.
+pub fn help_text() -> String {
+    let mut out = String::from(
+        "Settings (environment variable; a TOML file via --config takes the same names in lower case):\n",
+    );
+    for s in SETTINGS {
+        let default = match s.default {
+            Some(d) => format!(" [default: {d:?}]"),
+            None => String::new(),
+        };
+        out.push_str(&format!("  {}{default}\n", s.env));
+    }
+    out
+}

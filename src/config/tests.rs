@@ -1,0 +1,179 @@
+use super::*;
+use std::io::Write;
+
+fn env(pairs: &[(&str, &str)]) -> Sources {
+    Sources {
+        file: None,
+        env: pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn err(pairs: &[(&str, &str)]) -> String {
+    load(&env(pairs)).unwrap_err().to_string()
+}
+
+#[test]
+fn upstream_defaults() {
+    let c = load(&env(&[("USERLI_TOKEN", "t")])).unwrap();
+    assert_eq!(c.backend, BackendKind::Userli);
+    assert_eq!(c.userli_base_url.as_str(), "http://localhost:8000/");
+    assert_eq!(c.socketmap_listen, ListenAddr::AnyHost(10001));
+    assert_eq!(c.metrics_listen, ListenAddr::AnyHost(10002));
+    assert_eq!(c.recipient_delimiter, "");
+    assert_eq!(c.log_level, LogLevel::Info);
+    assert_eq!(c.lookup_timeout, Duration::from_secs(3));
+    assert_eq!(c.max_connections, 10_000);
+    assert_eq!(c.unix_socket_mode, 0o660);
+}
+
+#[test]
+fn token_is_required_for_userli_with_upstream_wording() {
+    assert!(err(&[]).contains("USERLI_TOKEN is required"));
+    assert!(err(&[("USERLI_TOKEN", "")]).contains("USERLI_TOKEN is required"));
+}
+
+#[test]
+fn all_digit_token_stays_a_string() {
+    let c = load(&env(&[("USERLI_TOKEN", "0012345")])).unwrap();
+    assert_eq!(c.userli_token.unwrap().expose(), "0012345");
+}
+
+#[test]
+fn token_never_appears_in_debug_or_effective_output() {
+    let c = load(&env(&[("USERLI_TOKEN", "s3cr3t-token")])).unwrap();
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+    assert!(!c.render_effective().contains("s3cr3t"));
+    assert!(c.render_effective().contains("USERLI_TOKEN=<redacted>  # environment"));
+}
+
+#[test]
+fn token_file_is_read_and_exclusive() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "from-file").unwrap();
+    let path = f.path().to_str().unwrap();
+    let c = load(&env(&[("USERLI_TOKEN_FILE", path)])).unwrap();
+    assert_eq!(c.userli_token.unwrap().expose(), "from-file");
+    assert!(err(&[("USERLI_TOKEN_FILE", path), ("USERLI_TOKEN", "x")]).contains("only one"));
+    assert!(err(&[("USERLI_TOKEN_FILE", "/nonexistent/token")]).starts_with("USERLI_TOKEN_FILE"));
+}
+
+#[test]
+fn errors_name_the_variable_and_origin() {
+    let cases = [
+        ("LOOKUP_TIMEOUT", "3", "LOOKUP_TIMEOUT (environment): missing unit"),
+        ("LOOKUP_TIMEOUT", "2m", "LOOKUP_TIMEOUT (environment): must be more than 0 and at most 60s"),
+        ("LOOKUP_TIMEOUT", "0", "LOOKUP_TIMEOUT"),
+        ("SOCKETMAP_LISTEN_ADDR", "localhost", "SOCKETMAP_LISTEN_ADDR (environment):"),
+        ("METRICS_LISTEN_ADDR", ":99999", "METRICS_LISTEN_ADDR (environment): invalid port"),
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL (environment): unknown level"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT (environment)"),
+        ("LOOKUP_BACKEND", "ldap", "LOOKUP_BACKEND (environment): unknown backend"),
+        ("USERLI_BASE_URL", "localhost:8000", "USERLI_BASE_URL (environment)"),
+        ("USERLI_BASE_URL", "ftp://x/", "USERLI_BASE_URL (environment)"),
+        ("SOCKETMAP_MAX_CONNECTIONS", "lots", "SOCKETMAP_MAX_CONNECTIONS (environment): \"lots\" is not a whole number"),
+        ("SOCKETMAP_MAX_CONNECTIONS", "0", "out of range"),
+        ("UNIX_SOCKET_MODE", "rw", "UNIX_SOCKET_MODE (environment)"),
+        ("UNIX_SOCKET_MODE", "0999", "UNIX_SOCKET_MODE"),
+    ];
+    for (name, value, want) in cases {
+        let e = err(&[("USERLI_TOKEN", "t"), (name, value)]);
+        assert!(e.starts_with(want) || e.contains(want), "{name}={value}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+}
+
+#[test]
+fn upstream_log_levels_are_accepted() {
+    for level in ["debug", "INFO", "warn", "error", "dpanic", "panic", "fatal"] {
+        load(&env(&[("USERLI_TOKEN", "t"), ("LOG_LEVEL", level)])).unwrap();
+    }
+}
+
+#[test]
+fn fixture_backend_needs_no_token_but_a_path() {
+    assert!(err(&[("LOOKUP_BACKEND", "fixture")]).contains("FIXTURE_PATH is required"));
+    let c = load(&env(&[("LOOKUP_BACKEND", "fixture"), ("FIXTURE_PATH", "x.toml")])).unwrap();
+    assert_eq!(c.backend, BackendKind::Fixture);
+    assert!(c.userli_token.is_none());
+}
+
+#[test]
+fn file_is_layered_under_the_environment() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(
+        f,
+        "userli_token = 12345\nlookup_timeout = \"5s\"\nsocketmap_max_connections = 20\nlog_level = \"debug\""
+    )
+    .unwrap();
+    let mut sources = env(&[("LOG_LEVEL", "warn")]);
+    sources.file = Some(f.path().to_owned());
+    let c = load(&sources).unwrap();
+    assert_eq!(c.userli_token.unwrap().expose(), "12345");
+    assert_eq!(c.lookup_timeout, Duration::from_secs(5));
+    assert_eq!(c.max_connections, 20);
+    assert_eq!(c.log_level, LogLevel::Warn, "environment beats the file");
+    let shown = c.effective.iter().find(|(n, _, _)| *n == "LOOKUP_TIMEOUT").unwrap();
+    assert_eq!(shown.2, f.path().display().to_string());
+}
+
+#[test]
+fn config_file_from_env_variable() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "userli_token = \"abc\"").unwrap();
+    let c = load(&env(&[("CONFIG_FILE", f.path().to_str().unwrap())])).unwrap();
+    assert_eq!(c.userli_token.unwrap().expose(), "abc");
+}
+
+#[test]
+fn unknown_file_keys_and_bad_files_are_errors() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "userli_token = \"abc\"\nlookup_timout = \"5s\"").unwrap();
+    let sources = Sources {
+        file: Some(f.path().to_owned()),
+        env: HashMap::new(),
+    };
+    let e = load(&sources).unwrap_err().to_string();
+    assert!(e.contains("unknown key \"lookup_timout\""), "{e}");
+
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "userli_token = [1, 2]").unwrap();
+    let sources = Sources {
+        file: Some(f.path().to_owned()),
+        env: HashMap::new(),
+    };
+    assert!(load(&sources).unwrap_err().to_string().contains("USERLI_TOKEN"));
+
+    let sources = Sources {
+        file: Some("/nonexistent/adapter.toml".into()),
+        env: HashMap::new(),
+    };
+    assert!(load(&sources).unwrap_err().to_string().contains("cannot read"));
+
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    writeln!(f, "this is = not toml =").unwrap();
+    let sources = Sources {
+        file: Some(f.path().to_owned()),
+        env: HashMap::new(),
+    };
+    assert!(load(&sources).is_err());
+}
+
+#[test]
+fn unrelated_environment_is_ignored() {
+    load(&env(&[("USERLI_TOKEN", "t"), ("PATH", "/bin"), ("REDIS_URL", "redis://x")])).unwrap();
+}
+
+#[test]
+fn idle_timeout_zero_means_never() {
+    let c = load(&env(&[("USERLI_TOKEN", "t"), ("SOCKETMAP_IDLE_TIMEOUT", "0")])).unwrap();
+    assert_eq!(c.idle_timeout, None);
+}
+
+#[test]
+fn for_fixture_builds() {
+    let c = Config::for_fixture("/x.toml");
+    assert_eq!(c.fixture_path.as_deref(), Some(Path::new("/x.toml")));
+}

@@ -1,0 +1,257 @@
+//! The socketmap request path: parse, normalise, ask the backend within a deadline,
+//! turn the result into a [`Reply`].
+//!
+//! Failure semantics live here. Anything the backend cannot answer with certainty
+//! becomes `TEMP` (Postfix defers, mail is delayed but never lost); `NOTFOUND` is
+//! only ever the backend's own verdict or a key that cannot name a user.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postfix_adapter_backend::{BackendError, LookupBackend};
+
+use crate::log_throttle::LogThrottle;
+use crate::metrics::Metrics;
+use crate::normalize::Normalizer;
+use crate::protocol::socketmap::{self, Reply};
+
+/// The maps the adapter serves, as Postfix names them in `socketmap:...:NAME`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MapName {
+    /// `virtual_alias_maps`: destinations of an alias.
+    Alias,
+    /// `virtual_mailbox_domains`: whether a domain is hosted.
+    Domain,
+    /// `virtual_mailbox_maps`: whether a mailbox exists.
+    Mailbox,
+    /// `smtpd_sender_login_maps`: logins allowed to send as an address.
+    Senders,
+}
+
+impl MapName {
+    /// All maps, in a fixed order.
+    pub const ALL: [Self; 4] = [Self::Alias, Self::Domain, Self::Mailbox, Self::Senders];
+
+    /// Parses a map name (case-sensitive, like upstream).
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "alias" => Some(Self::Alias),
+            "domain" => Some(Self::Domain),
+            "mailbox" => Some(Self::Mailbox),
+            "senders" => Some(Self::Senders),
+            _ => None,
+        }
+    }
+
+    /// The wire name, also the `handler` metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Alias => "alias",
+            Self::Domain => "domain",
+            Self::Mailbox => "mailbox",
+            Self::Senders => "senders",
+        }
+    }
+
+    /// Upstream's exact `TEMP` reason for this map.
+    pub fn temp_reason(self) -> &'static str {
+        match self {
+            Self::Alias => "Error fetching aliases",
+            Self::Domain => "Error fetching domain",
+            Self::Mailbox => "Error fetching mailbox",
+            Self::Senders => "Error fetching senders",
+        }
+    }
+}
+
+/// The `handler` label for a request whose payload is not `name SP key`.
+pub const HANDLER_INVALID: &str = "invalid";
+/// The `handler` label for every map name the adapter does not serve; collapsing
+/// them keeps label cardinality bounded whatever clients send.
+pub const HANDLER_UNKNOWN: &str = "unknown";
+
+/// A reply plus what the metrics need to know about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The reply to send.
+    pub reply: Reply,
+    /// The bounded `handler` label.
+    pub handler: &'static str,
+}
+
+impl Answer {
+    /// The `status` metric label, as upstream: `success`, `notfound` or `error`.
+    pub fn status_label(&self) -> &'static str {
+        match self.reply {
+            Reply::Ok(_) => "success",
+            Reply::NotFound => "notfound",
+            Reply::Temp(_) | Reply::Perm(_) => "error",
+        }
+    }
+}
+
+/// Answers socketmap requests from a backend; shared by every connection.
+pub struct LookupService {
+    backend: Arc<dyn LookupBackend>,
+    normalizer: Normalizer,
+    timeout: Duration,
+    metrics: Metrics,
+    error_log: LogThrottle,
+}
+
+impl std::fmt::Debug for LookupService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LookupService")
+            .field("backend", &self.backend.name())
+            .field("normalizer", &self.normalizer)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LookupService {
+    /// A service answering from `backend`, giving every lookup at most `timeout`.
+    pub fn new(
+        backend: Arc<dyn LookupBackend>,
+        normalizer: Normalizer,
+        timeout: Duration,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            backend,
+            normalizer,
+            timeout,
+            metrics,
+            error_log: LogThrottle::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// The backend answers come from.
+    pub fn backend(&self) -> &Arc<dyn LookupBackend> {
+        &self.backend
+    }
+
+    /// Answers one request payload (a netstring's content).
+    pub async fn answer(&self, payload: &[u8]) -> Answer {
+        let request = match socketmap::parse_request(payload) {
+            Ok(r) => r,
+            Err(_) => {
+                return Answer {
+                    reply: Reply::Perm(socketmap::INVALID_REQUEST_FORMAT.into()),
+                    handler: HANDLER_INVALID,
+                };
+            }
+        };
+        let Some(map) = MapName::parse(request.map) else {
+            return Answer {
+                reply: Reply::Perm(socketmap::UNKNOWN_MAP_NAME.into()),
+                handler: HANDLER_UNKNOWN,
+            };
+        };
+        Answer {
+            reply: self.lookup(map, request.key).await,
+            handler: map.as_str(),
+        }
+    }
+
+    /// Looks `key` up in `map`: the request path without parsing.
+    pub async fn lookup(&self, map: MapName, key: &[u8]) -> Reply {
+        let result = match map {
+            MapName::Domain => match self.normalizer.domain(key) {
+                None => return Reply::NotFound,
+                Some(domain) => {
+                    self.deadline(self.backend.domain_exists(&domain))
+                        .await
+                        .map(flag_reply)
+                }
+            },
+            MapName::Alias | MapName::Mailbox | MapName::Senders => {
+                let address = match self.normalizer.address(key) {
+                    Ok(a) => a,
+                    Err(why) => {
+                        tracing::debug!(map = map.as_str(), key = %String::from_utf8_lossy(key), %why, "key cannot be an address, answering NOTFOUND");
+                        return Reply::NotFound;
+                    }
+                };
+                match map {
+                    MapName::Alias => self.deadline(self.backend.aliases(&address)).await.map(list_reply),
+                    MapName::Senders => self.deadline(self.backend.senders(&address)).await.map(list_reply),
+                    _ => self
+                        .deadline(self.backend.mailbox_exists(&address))
+                        .await
+                        .map(flag_reply),
+                }
+            }
+        };
+        match result {
+            Ok(reply) => reply,
+            Err(err) => {
+                self.metrics
+                    .backend_errors
+                    .with_label_values(&[map.as_str(), err.kind()])
+                    .inc();
+                if let Some(suppressed) = self.error_log.allow() {
+                    tracing::warn!(
+                        map = map.as_str(),
+                        backend = self.backend.name(),
+                        error = %err,
+                        similar_errors_suppressed = suppressed,
+                        "backend lookup failed, answering TEMP"
+                    );
+                }
+                Reply::Temp(map.temp_reason().into())
+            }
+        }
+    }
+
+    async fn deadline<T>(
+        &self,
+        call: impl Future<Output = Result<T, BackendError>>,
+    ) -> Result<T, BackendError> {
+        tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or(Err(BackendError::Timeout))
+    }
+
+    /// Records the request metrics once the reply has been written.
+    pub fn record(&self, answer: &Answer, started: Instant) {
+        let status = answer.status_label();
+        self.metrics
+            .requests_total
+            .with_label_values(&[answer.handler, status])
+            .inc();
+        self.metrics
+            .request_histogram(answer.handler, status)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The engine's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}
+
+fn flag_reply(found: bool) -> Reply {
+    if found {
+        Reply::Ok("1".into())
+    } else {
+        Reply::NotFound
+    }
+}
+
+/// Joins a list in backend order. Empty entries are dropped: a bare `OK` reads as
+/// "not found" in Postfix before 3.12, and an empty destination is never meant.
+fn list_reply(items: Vec<String>) -> Reply {
+    let mut joined = String::new();
+    for item in items.iter().filter(|i| !i.is_empty()) {
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(item);
+    }
+    if joined.is_empty() {
+        Reply::NotFound
+    } else {
+        Reply::Ok(joined)
+    }
+}

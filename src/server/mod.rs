@@ -1,0 +1,149 @@
+//! Listening, accepting and connection bookkeeping, generic over the protocol.
+//!
+//! A protocol is a [`ConnectionHandler`]: it gets a byte stream and a shutdown
+//! token. Everything around it (connection slots, socket options, accept-error
+//! back-off, draining at shutdown) is shared, so the socketmap server and later
+//! servers behave alike.
+
+mod listener;
+pub mod socketmap;
+
+pub use listener::{BindError, BoundListener, LocalAddr, bind, remove_unix_sockets};
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::log_throttle::LogThrottle;
+use crate::metrics::Metrics;
+
+/// Serves one connection of a protocol.
+pub trait ConnectionHandler: Send + Sync + 'static {
+    /// Serves `stream` until the peer closes it, an error occurs, or `shutdown` is
+    /// cancelled and the connection has nothing left to answer.
+    fn serve<S>(
+        self: Arc<Self>,
+        stream: S,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+}
+
+/// Shared state of the accept loops of one service.
+#[derive(Clone)]
+pub struct AcceptContext {
+    /// Connection slots; a connection that finds none is closed at once.
+    pub slots: Arc<Semaphore>,
+    /// Engine metrics (connection gauges, pool-full counter).
+    pub metrics: Metrics,
+    /// Cancelled when the process shuts down.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// A name for logs, such as `socketmap`.
+    pub service: &'static str,
+}
+
+/// Keeps the connection gauges right however a connection task ends.
+struct ConnectionGuard {
+    metrics: Metrics,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ConnectionGuard {
+    fn new(metrics: Metrics, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        metrics.active_connections.inc();
+        metrics.connection_pool_usage.inc();
+        Self {
+            metrics,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.metrics.active_connections.dec();
+        self.metrics.connection_pool_usage.dec();
+    }
+}
+
+/// Accepts connections on `listener` until shutdown, one task per connection.
+pub async fn accept_loop<H: ConnectionHandler>(
+    listener: BoundListener,
+    handler: Arc<H>,
+    ctx: AcceptContext,
+) {
+    let full_log = LogThrottle::new(Duration::from_secs(10));
+    let error_log = LogThrottle::new(Duration::from_secs(10));
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            () = ctx.shutdown.cancelled() => return,
+            r = accept(&listener) => r,
+        };
+        let stream = match accepted {
+            Ok(s) => {
+                backoff = Duration::from_millis(5);
+                s
+            }
+            Err(e) => {
+                // Usually EMFILE: spinning on it would burn a core and flood the log.
+                if let Some(suppressed) = error_log.allow() {
+                    tracing::error!(service = ctx.service, error = %e, similar_errors_suppressed = suppressed, "accept failed");
+                }
+                tokio::select! {
+                    () = ctx.shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+            ctx.metrics.connection_pool_full.inc();
+            if let Some(suppressed) = full_log.allow() {
+                tracing::warn!(service = ctx.service, similar_warnings_suppressed = suppressed, "Connection pool full, rejecting connection");
+            }
+            drop(stream);
+            continue;
+        };
+        let guard = ConnectionGuard::new(ctx.metrics.clone(), permit);
+        let handler = handler.clone();
+        let shutdown = ctx.shutdown.clone();
+        ctx.tracker.spawn(async move {
+            let _guard = guard;
+            match stream {
+                Accepted::Tcp(s) => handler.serve(s, shutdown).await,
+                Accepted::Unix(s) => handler.serve(s, shutdown).await,
+            }
+        });
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &BoundListener) -> std::io::Result<Accepted> {
+    match listener {
+        BoundListener::Tcp(l) => {
+            let (stream, _) = l.accept().await?;
+            // Replies are single small writes that Postfix waits for: never delay them.
+            let _ = stream.set_nodelay(true);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(60));
+            let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
+            Ok(Accepted::Tcp(stream))
+        }
+        BoundListener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+    }
+}

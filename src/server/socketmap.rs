@@ -1,0 +1,155 @@
+//! One socketmap connection: read netstrings, answer each, write one frame per reply.
+//!
+//! Postfix keeps connections open and sends one request at a time, but we also
+//! accept pipelined requests and requests split across reads. Memory per connection
+//! is bounded by the decoder's maximum frame length plus one read.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::lookup::LookupService;
+use crate::protocol::netstring::{self, NetstringDecoder, NetstringError};
+
+use super::ConnectionHandler;
+
+/// Limits of one socketmap connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Largest request payload.
+    pub max_request_size: usize,
+    /// Close a connection idle this long (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Deadline for the rest of a started request and for each reply write.
+    pub io_timeout: Duration,
+}
+
+/// The socketmap protocol handler, shared by all connections.
+#[derive(Debug)]
+pub struct SocketmapHandler {
+    service: Arc<LookupService>,
+    decoder: NetstringDecoder,
+    limits: ConnectionLimits,
+}
+
+impl SocketmapHandler {
+    /// A handler answering from `service` within `limits`.
+    pub fn new(service: Arc<LookupService>, limits: ConnectionLimits) -> Self {
+        Self {
+            service,
+            decoder: NetstringDecoder::new(limits.max_request_size),
+            limits,
+        }
+    }
+
+    fn framing_error(&self, reason: &'static str) {
+        self.service
+            .metrics()
+            .framing_errors
+            .with_label_values(&[reason])
+            .inc();
+    }
+}
+
+/// Why a connection ended early; only for the debug log.
+#[derive(Debug)]
+enum Closed {
+    Framing(NetstringError),
+    Io(std::io::Error),
+    ReadTimeout,
+    WriteTimeout,
+}
+
+impl ConnectionHandler for SocketmapHandler {
+    async fn serve<S>(self: Arc<Self>, mut stream: S, shutdown: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match self.run(&mut stream, &shutdown).await {
+            Ok(()) => {}
+            Err(Closed::Framing(e)) => {
+                self.framing_error("framing");
+                tracing::debug!(error = %e, "Failed to decode request, closing connection");
+            }
+            Err(Closed::ReadTimeout) => {
+                self.framing_error("read_timeout");
+                tracing::debug!("request not completed in time, closing connection");
+            }
+            Err(Closed::WriteTimeout) => {
+                self.framing_error("write_timeout");
+                tracing::debug!("reply not written in time, closing connection");
+            }
+            Err(Closed::Io(e)) => tracing::debug!(error = %e, "connection error"),
+        }
+        let _ = stream.shutdown().await;
+    }
+}
+
+impl SocketmapHandler {
+    async fn run<S>(&self, stream: &mut S, shutdown: &CancellationToken) -> Result<(), Closed>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut out = Vec::with_capacity(256);
+        loop {
+            // Answer every complete request already received, even during shutdown:
+            // Postfix has sent it and is waiting.
+            while let Some(frame) = self.decoder.decode(&mut buf).map_err(Closed::Framing)? {
+                let started = Instant::now();
+                let answer = self.service.answer(&frame).await;
+                out.clear();
+                netstring::encode_into(&answer.reply.render(), &mut out);
+                tokio::time::timeout(self.limits.io_timeout, stream.write_all(&out))
+                    .await
+                    .map_err(|_| Closed::WriteTimeout)?
+                    .map_err(Closed::Io)?;
+                self.service.record(&answer, started);
+            }
+
+            let idle = buf.is_empty();
+            if idle && shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if buf.capacity() - buf.len() < 512 {
+                buf.reserve(1024);
+            }
+            let read = stream.read_buf(&mut buf);
+            let n = if idle {
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    r = with_optional_timeout(self.limits.idle_timeout, read) => match r {
+                        Some(r) => r.map_err(Closed::Io)?,
+                        // An idle close is normal: Postfix reconnects on the next lookup.
+                        None => return Ok(()),
+                    },
+                }
+            } else {
+                tokio::time::timeout(self.limits.io_timeout, read)
+                    .await
+                    .map_err(|_| Closed::ReadTimeout)?
+                    .map_err(Closed::Io)?
+            };
+            if n == 0 {
+                return if buf.is_empty() {
+                    Ok(())
+                } else {
+                    Err(Closed::Io(std::io::ErrorKind::UnexpectedEof.into()))
+                };
+            }
+        }
+    }
+}
+
+async fn with_optional_timeout<F: Future>(limit: Option<Duration>, fut: F) -> Option<F::Output> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, fut).await.ok(),
+        None => Some(fut.await),
+    }
+}
+
+#[cfg(test)]
+mod tests;
