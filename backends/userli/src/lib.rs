@@ -1,1 +1,628 @@
-//! userli HTTP API backend (stub, being written).
+//! The userli backend: answers Postfix lookups from userli's `/api/postfix/*` API.
+//!
+//! Compared with the Go adapter it replaces, this client
+//! - treats only HTTP 200 with a body of the expected JSON type as an answer; any
+//!   other status, redirect or body is an error (Postfix gets `TEMP`), so a wrong
+//!   token or a misrouted URL can never turn into "not found" and bounce mail;
+//! - percent-encodes each key as a single path segment instead of formatting it
+//!   into the URL, and answers keys userli can never hold locally (see `screen`);
+//! - caps response bodies, follows no redirects and never logs the token.
+//!
+//! Wire details are in `userli-api.md` §1–§2 and §8 of the project specification.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postfix_adapter_backend::{Address, BackendError, LookupBackend, async_trait};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
+use serde_json::Value;
+use url::Url;
+
+mod limiter;
+mod metrics;
+mod screen;
+
+use limiter::{LogLimiter, UNAUTHORIZED_LOG_INTERVAL};
+use metrics::{Metrics, Observation};
+
+/// The largest response body accepted from userli.
+///
+/// Real answers are a few hundred bytes at most (a handful of alias destinations);
+/// the cap only stops a broken or hostile endpoint from exhausting memory.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Error bodies are only read for their short message and so that the connection can
+/// be reused; Symfony's are well under this.
+const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
+
+/// Connections idle longer than this are closed by the adapter itself, because
+/// common reverse proxies in front of userli (nginx: 75 s) close them soon after,
+/// and reusing a connection the server is closing fails the request.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+/// The key userli is asked for by [`UserliBackend::health`]: a reserved TLD
+/// (RFC 2606), so it can never be a real domain, and the `domain` route is the
+/// cheapest one (a single indexed lookup, cached by userli).
+const HEALTH_CHECK_DOMAIN: &str = "health-check.invalid";
+
+/// How to reach the userli API.
+#[derive(Clone)]
+pub struct UserliConfig {
+    /// Where userli is served, e.g. `https://userli.example.org/` or
+    /// `https://example.org/userli/`; `api/postfix/...` is appended to its path.
+    pub base_url: Url,
+    /// An API token with the `postfix` scope, sent as `Authorization: Bearer …`.
+    pub token: String,
+    /// Upper bound for one whole request, body included.
+    pub timeout: Duration,
+    /// Upper bound for establishing a connection (TCP and TLS).
+    pub connect_timeout: Duration,
+    /// The `User-Agent` header, so userli's access log can tell the adapter apart.
+    pub user_agent: String,
+    /// Idle keep-alive connections kept per host, so bursts of lookups do not pay
+    /// for new connections.
+    pub max_idle_per_host: usize,
+}
+
+impl UserliConfig {
+    /// A configuration with the defaults: timeout 3 s (the engine's own deadline
+    /// applies too), connect timeout 2 s, 64 idle connections per host and the
+    /// user agent `userli-postfix-adapter/<version>`.
+    pub fn new(base_url: Url, token: impl Into<String>) -> Self {
+        Self {
+            base_url,
+            token: token.into(),
+            timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(2),
+            user_agent: concat!("userli-postfix-adapter/", env!("CARGO_PKG_VERSION")).to_owned(),
+            max_idle_per_host: 64,
+        }
+    }
+}
+
+impl fmt::Debug for UserliConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The token grants read access to every address in userli; configurations
+        // get logged at startup, the token must not be.
+        f.debug_struct("UserliConfig")
+            .field("base_url", &redacted_url(&self.base_url))
+            .field("token", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("user_agent", &self.user_agent)
+            .field("max_idle_per_host", &self.max_idle_per_host)
+            .finish()
+    }
+}
+
+/// Why a [`UserliBackend`] could not be built; all of them are configuration errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UserliError {
+    /// The base URL cannot serve as the root of the API paths.
+    #[error("invalid userli base URL {url}: {reason}")]
+    InvalidBaseUrl {
+        /// The URL, with any password removed.
+        url: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The token is empty or cannot be sent in an HTTP header.
+    #[error("invalid userli API token: {0}")]
+    InvalidToken(&'static str),
+    /// The HTTP client could not be built (e.g. TLS setup or an invalid user agent).
+    #[error("cannot build the HTTP client for userli: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The metrics could not be registered (e.g. registered twice on one registry).
+    #[error("cannot register the userli HTTP client metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+}
+
+/// A [`LookupBackend`] that asks a userli instance over HTTP(S).
+///
+/// Cloning is cheap and shares the connection pool, metrics and log limiter.
+#[derive(Clone)]
+pub struct UserliBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: reqwest::Client,
+    base_url: Url,
+    metrics: Metrics,
+    unauthorized_log: LogLimiter,
+}
+
+impl fmt::Debug for UserliBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserliBackend")
+            .field("base_url", &redacted_url(&self.inner.base_url))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The API routes, with their path segment and metric label.
+#[derive(Debug, Clone, Copy)]
+enum Endpoint {
+    Alias,
+    Domain,
+    Mailbox,
+    Senders,
+    /// The readiness probe; it calls the `domain` route but gets its own label so
+    /// probes do not distort the lookup metrics (`upstream-behaviour.md` §14.32).
+    Health,
+}
+
+impl Endpoint {
+    fn segment(self) -> &'static str {
+        match self {
+            Self::Alias => "alias",
+            Self::Domain | Self::Health => "domain",
+            Self::Mailbox => "mailbox",
+            Self::Senders => "senders",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Health => "health",
+            other => other.segment(),
+        }
+    }
+}
+
+impl UserliBackend {
+    /// Builds the client; `registry` receives the HTTP client metrics when given.
+    ///
+    /// # Errors
+    /// [`UserliError`] when the base URL is not an `http`/`https` URL usable as a
+    /// base (or carries credentials, a query or a fragment), the token is empty or
+    /// not a valid header value, the HTTP client cannot be built, or the metrics
+    /// cannot be registered.
+    pub fn new(
+        config: UserliConfig,
+        registry: Option<&prometheus::Registry>,
+    ) -> Result<Self, UserliError> {
+        check_base_url(&config.base_url)?;
+
+        // reqwest is built without a bundled crypto provider (aws-lc-rs would need a C
+        // toolchain); ring is installed process-wide unless another one already is, in
+        // which case that one is used.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+
+        if config.token.is_empty() {
+            return Err(UserliError::InvalidToken("empty"));
+        }
+        let mut auth =
+            HeaderValue::from_str(&format!("Bearer {}", config.token)).map_err(|_| {
+                UserliError::InvalidToken("contains characters not allowed in an HTTP header")
+            })?;
+        auth.set_sensitive(true);
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, auth);
+        headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
+        // Sent on GETs too, as upstream does; userli ignores it there.
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+
+        let client = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .user_agent(config.user_agent.as_str())
+            .default_headers(headers)
+            .timeout(config.timeout)
+            .connect_timeout(config.connect_timeout)
+            .pool_max_idle_per_host(config.max_idle_per_host)
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            // A redirect means a misrouted base URL; following it could hand the token
+            // to another host and take a login page's 200 for an answer.
+            .redirect(reqwest::redirect::Policy::none())
+            .referer(false)
+            // Like upstream, proxy environment variables are ignored: userli is
+            // normally next door, and an inherited HTTP_PROXY would silently reroute
+            // (and see) every lookup.
+            .no_proxy()
+            .build()
+            .map_err(UserliError::Client)?;
+
+        let metrics = Metrics::new(registry).map_err(UserliError::Metrics)?;
+
+        Ok(Self {
+            inner: Arc::new(Inner {
+                client,
+                base_url: config.base_url,
+                metrics,
+                unauthorized_log: LogLimiter::new(UNAUTHORIZED_LOG_INTERVAL),
+            }),
+        })
+    }
+
+    /// `{base}/api/postfix/{route}/{key}`, with `key` as one percent-encoded segment.
+    fn url_for(&self, endpoint: Endpoint, key: &str) -> Result<Url, BackendError> {
+        // The URL library silently drops `.` and `..` segments, and an empty one hits
+        // no route; screening already refuses these, this keeps a later change from
+        // ever sending such a request.
+        if matches!(key, "" | "." | "..") {
+            return Err(BackendError::Other(
+                "key cannot be sent as a path segment".to_owned(),
+            ));
+        }
+        let mut url = self.inner.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| BackendError::Other("userli base URL cannot be a base".to_owned()))?
+            .pop_if_empty()
+            .extend(["api", "postfix", endpoint.segment(), key]);
+        Ok(url)
+    }
+
+    /// One GET, returning the JSON body of a 200 answer.
+    async fn get(&self, endpoint: Endpoint, key: &str) -> Result<Value, BackendError> {
+        let url = self.url_for(endpoint, key)?;
+        tracing::debug!(endpoint = endpoint.label(), key, "querying userli");
+
+        let mut observation = Observation::start(&self.inner.metrics, endpoint.label());
+        let response = self
+            .inner
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        observation.set_status(status);
+
+        match status {
+            200 => {}
+            401 | 403 => {
+                let detail = error_detail(response).await;
+                observation.finish();
+                return Err(self.unauthorized(status, detail));
+            }
+            _ => {
+                // Drained (bounded) so the connection can be reused. The body is not
+                // put into the error: userli's 404 body echoes the URL, i.e. the address.
+                let _ = read_capped(response, MAX_ERROR_BODY_BYTES).await;
+                observation.finish();
+                return Err(BackendError::InvalidResponse(format!("HTTP {status}")));
+            }
+        }
+
+        let body = read_capped(response, MAX_BODY_BYTES).await;
+        observation.finish();
+        let body = body?;
+        serde_json::from_slice(&body)
+            .map_err(|err| BackendError::InvalidResponse(format!("malformed JSON body: {err}")))
+    }
+
+    /// The error for a 401/403, logged at most once per interval: a rejected token
+    /// fails every lookup, and the operator has to act on it.
+    fn unauthorized(&self, status: u16, detail: Option<String>) -> BackendError {
+        let message = match &detail {
+            Some(detail) => format!("HTTP {status}: {detail}"),
+            None => format!("HTTP {status}"),
+        };
+        if let Some(suppressed) = self.inner.unauthorized_log.check(Instant::now()) {
+            tracing::error!(
+                status,
+                detail = detail.as_deref().unwrap_or(""),
+                suppressed,
+                "userli rejected the API token: check that it is valid and has the postfix scope \
+                 (repeats are logged at most once a minute)"
+            );
+        }
+        BackendError::Unauthorized(message)
+    }
+
+    async fn list(
+        &self,
+        endpoint: Endpoint,
+        address: &Address,
+    ) -> Result<Vec<String>, BackendError> {
+        if !screen::address_ok(address) {
+            tracing::debug!(
+                endpoint = endpoint.label(),
+                key = address.as_str(),
+                "key userli cannot hold, not asked"
+            );
+            return Ok(Vec::new());
+        }
+        string_list(self.get(endpoint, address.as_str()).await?)
+    }
+
+    async fn flag(
+        &self,
+        endpoint: Endpoint,
+        key: &str,
+        plausible: bool,
+    ) -> Result<bool, BackendError> {
+        if !plausible {
+            tracing::debug!(
+                endpoint = endpoint.label(),
+                key,
+                "key userli cannot hold, not asked"
+            );
+            return Ok(false);
+        }
+        boolean(self.get(endpoint, key).await?)
+    }
+}
+
+#[async_trait]
+impl LookupBackend for UserliBackend {
+    async fn aliases(&self, address: &Address) -> Result<Vec<String>, BackendError> {
+        self.list(Endpoint::Alias, address).await
+    }
+
+    async fn domain_exists(&self, domain: &str) -> Result<bool, BackendError> {
+        self.flag(Endpoint::Domain, domain, screen::domain_ok(domain))
+            .await
+    }
+
+    async fn mailbox_exists(&self, address: &Address) -> Result<bool, BackendError> {
+        self.flag(
+            Endpoint::Mailbox,
+            address.as_str(),
+            screen::address_ok(address),
+        )
+        .await
+    }
+
+    async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError> {
+        self.list(Endpoint::Senders, address).await
+    }
+
+    async fn health(&self) -> Result<(), BackendError> {
+        boolean(self.get(Endpoint::Health, HEALTH_CHECK_DOMAIN).await?).map(|_| ())
+    }
+
+    fn name(&self) -> &str {
+        "userli"
+    }
+}
+
+/// Rejects base URLs that would make the API paths ambiguous or leak credentials.
+fn check_base_url(url: &Url) -> Result<(), UserliError> {
+    let invalid = |reason| UserliError::InvalidBaseUrl {
+        url: redacted_url(url),
+        reason,
+    };
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("the scheme must be http or https"));
+    }
+    if url.cannot_be_a_base() || url.host().is_none() {
+        return Err(invalid("it cannot be a base for the API paths"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        // reqwest would turn them into Basic auth, replacing the Bearer token.
+        return Err(invalid(
+            "it must not contain credentials; the token is sent as a Bearer header",
+        ));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid("it must not have a query or fragment"));
+    }
+    Ok(())
+}
+
+/// The URL without its password, fit for logs and error messages.
+fn redacted_url(url: &Url) -> String {
+    let mut url = url.clone();
+    if url.password().is_some() {
+        let _ = url.set_password(Some("<redacted>"));
+    }
+    url.to_string()
+}
+
+/// Maps a reqwest error to the backend's vocabulary, without the URL: it contains
+/// the looked-up address, and these errors end up in logs at error level.
+fn transport_error(err: reqwest::Error) -> BackendError {
+    if err.is_timeout() {
+        BackendError::Timeout
+    } else {
+        BackendError::unavailable(err.without_url())
+    }
+}
+
+/// Reads the body, refusing more than `limit` bytes.
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, BackendError> {
+    let too_large =
+        || BackendError::InvalidResponse(format!("response body larger than {limit} bytes"));
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
+        if body.len() + chunk.len() > limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// userli's short reason for a 401/403 (`{"error":"Invalid API token"}` or
+/// `{"error":{"message":"Token does not have required scope: postfix",…}}`), so the
+/// log tells a wrong token from a missing scope.
+async fn error_detail(response: reqwest::Response) -> Option<String> {
+    let body = read_capped(response, MAX_ERROR_BODY_BYTES).await.ok()?;
+    let value: Value = serde_json::from_slice(&body).ok()?;
+    let text = match value.get("error")? {
+        Value::String(s) => s.as_str(),
+        other => other.get("message")?.as_str()?,
+    };
+    // Whatever answered may not be userli; keep the message short and on one line.
+    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+    (!text.is_empty()).then_some(text)
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// An `alias`/`senders` answer: a list of strings. `null` counts as empty, as the
+/// upstream client decoded it; empty strings are dropped because they would become an
+/// empty socketmap value, which older Postfix versions read as "not found".
+fn string_list(value: Value) -> Result<Vec<String>, BackendError> {
+    match value {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|item| match item {
+                Value::String(s) if s.is_empty() => None,
+                Value::String(s) => Some(Ok(s)),
+                other => Some(Err(BackendError::InvalidResponse(format!(
+                    "expected a list of strings, found a list element of type {}",
+                    json_type(&other)
+                )))),
+            })
+            .collect(),
+        other => Err(BackendError::InvalidResponse(format!(
+            "expected a list of strings, found {}",
+            json_type(&other)
+        ))),
+    }
+}
+
+/// A `domain`/`mailbox` answer: a boolean; `null` counts as `false`, as upstream
+/// decoded it.
+fn boolean(value: Value) -> Result<bool, BackendError> {
+    match value {
+        Value::Null => Ok(false),
+        Value::Bool(b) => Ok(b),
+        other => Err(BackendError::InvalidResponse(format!(
+            "expected a boolean, found {}",
+            json_type(&other)
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn backend(base: &str) -> UserliBackend {
+        UserliBackend::new(UserliConfig::new(Url::parse(base).unwrap(), "t"), None).unwrap()
+    }
+
+    #[test]
+    fn lists() {
+        assert_eq!(string_list(json!(null)).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            string_list(json!(["a@x", "", "b@y"])).unwrap(),
+            vec!["a@x", "b@y"]
+        );
+        assert!(matches!(
+            string_list(json!({})),
+            Err(BackendError::InvalidResponse(_))
+        ));
+        assert!(matches!(
+            string_list(json!("a@x")),
+            Err(BackendError::InvalidResponse(_))
+        ));
+        assert!(matches!(
+            string_list(json!(["a@x", 1])),
+            Err(BackendError::InvalidResponse(_))
+        ));
+        assert!(matches!(
+            string_list(json!([null])),
+            Err(BackendError::InvalidResponse(_))
+        ));
+    }
+
+    #[test]
+    fn booleans() {
+        assert!(boolean(json!(true)).unwrap());
+        assert!(!boolean(json!(false)).unwrap());
+        assert!(!boolean(json!(null)).unwrap());
+        for bad in [json!(1), json!("true"), json!([]), json!({})] {
+            assert!(matches!(
+                boolean(bad),
+                Err(BackendError::InvalidResponse(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn urls_keep_the_base_path_and_encode_one_segment() {
+        for (base, want) in [
+            ("http://h", "http://h/api/postfix/alias/a@x"),
+            ("http://h/", "http://h/api/postfix/alias/a@x"),
+            ("http://h/userli", "http://h/userli/api/postfix/alias/a@x"),
+            ("http://h/userli/", "http://h/userli/api/postfix/alias/a@x"),
+        ] {
+            assert_eq!(
+                backend(base)
+                    .url_for(Endpoint::Alias, "a@x")
+                    .unwrap()
+                    .as_str(),
+                want
+            );
+        }
+        let b = backend("https://h/p/");
+        assert_eq!(
+            b.url_for(Endpoint::Domain, "a/b?c#d%e f\\g")
+                .unwrap()
+                .as_str(),
+            "https://h/p/api/postfix/domain/a%2Fb%3Fc%23d%25e%20f%5Cg"
+        );
+        assert_eq!(
+            b.url_for(Endpoint::Mailbox, "user+x@bücher.example")
+                .unwrap()
+                .as_str(),
+            "https://h/p/api/postfix/mailbox/user+x@b%C3%BCcher.example"
+        );
+        assert_eq!(
+            b.url_for(Endpoint::Health, HEALTH_CHECK_DOMAIN)
+                .unwrap()
+                .as_str(),
+            "https://h/p/api/postfix/domain/health-check.invalid"
+        );
+        for key in ["", ".", ".."] {
+            assert!(b.url_for(Endpoint::Domain, key).is_err(), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn base_url_checks() {
+        for bad in [
+            "mailto:a@b",
+            "data:text/plain,x",
+            "ftp://h/",
+            "http://u:p@h/",
+            "http://h/?q=1",
+            "http://h/#f",
+        ] {
+            let err = UserliBackend::new(UserliConfig::new(Url::parse(bad).unwrap(), "t"), None)
+                .unwrap_err();
+            assert!(
+                matches!(err, UserliError::InvalidBaseUrl { .. }),
+                "{bad}: {err}"
+            );
+            assert!(!err.to_string().contains(":p@"), "password leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn token_checks() {
+        let url = Url::parse("http://h/").unwrap();
+        for bad in ["", "a\nb", "a\rb"] {
+            let err = UserliBackend::new(UserliConfig::new(url.clone(), bad), None).unwrap_err();
+            assert!(matches!(err, UserliError::InvalidToken(_)), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! HTTP client metrics, under the names upstream used so dashboards keep working.
+
+use std::time::{Duration, Instant};
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Upstream's buckets stopped at 5.12 s and its request histograms at 0.512 s
+/// (`upstream-behaviour.md` §14.31), which hid exactly the slow calls that matter;
+/// these span a fast local API (1 ms) up to any timeout an operator may configure.
+const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+const LABELS: &[&str] = &["endpoint", "status_code"];
+
+/// The label used when no HTTP status was received (transport error, timeout, or
+/// the call was cancelled by the engine's deadline), as upstream does.
+pub(crate) const STATUS_ERROR: &str = "error";
+
+#[derive(Clone)]
+pub(crate) struct Metrics {
+    duration: HistogramVec,
+    requests: IntCounterVec,
+}
+
+impl Metrics {
+    pub(crate) fn new(registry: Option<&Registry>) -> Result<Self, prometheus::Error> {
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "userli_postfix_adapter_http_client_duration_seconds",
+                "Duration of HTTP requests to the userli API.",
+            )
+            .buckets(BUCKETS.to_vec()),
+            LABELS,
+        )?;
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "userli_postfix_adapter_http_client_requests_total",
+                "HTTP requests to the userli API.",
+            ),
+            LABELS,
+        )?;
+        if let Some(registry) = registry {
+            registry.register(Box::new(duration.clone()))?;
+            registry.register(Box::new(requests.clone()))?;
+        }
+        Ok(Self { duration, requests })
+    }
+
+    fn observe(&self, endpoint: &str, status: &str, elapsed: Duration) {
+        let labels = [endpoint, status];
+        self.duration
+            .with_label_values(&labels)
+            .observe(elapsed.as_secs_f64());
+        self.requests.with_label_values(&labels).inc();
+    }
+}
+
+/// Records one HTTP exchange exactly once.
+///
+/// The engine cancels a lookup by dropping its future; the guard still records the
+/// attempt then (as `error`, like any call without an answer), so calls that the
+/// engine's deadline cut short do not vanish from the metrics.
+pub(crate) struct Observation<'a> {
+    metrics: &'a Metrics,
+    endpoint: &'static str,
+    start: Instant,
+    status: Option<u16>,
+    done: bool,
+}
+
+impl<'a> Observation<'a> {
+    pub(crate) fn start(metrics: &'a Metrics, endpoint: &'static str) -> Self {
+        Self {
+            metrics,
+            endpoint,
+            start: Instant::now(),
+            status: None,
+            done: false,
+        }
+    }
+
+    /// Remembers the status once the response head arrived; a later body failure is
+    /// still attributed to that status, as upstream measured up to the response head.
+    pub(crate) fn set_status(&mut self, status: u16) {
+        self.status = Some(status);
+    }
+
+    /// Ends the observation now (rather than at drop).
+    pub(crate) fn finish(mut self) {
+        self.record();
+    }
+
+    fn record(&mut self) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let elapsed = self.start.elapsed();
+        match self.status {
+            Some(code) => self
+                .metrics
+                .observe(self.endpoint, &code.to_string(), elapsed),
+            None => self.metrics.observe(self.endpoint, STATUS_ERROR, elapsed),
+        }
+    }
+}
+
+impl Drop for Observation<'_> {
+    fn drop(&mut self) {
+        self.record();
+    }
+}
