@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         println!("# configuration is valid");
         return ExitCode::SUCCESS;
     }
-    init_logging(&config);
+    init_logging(&config, !matches!(cli.command, Some(Command::Query { .. })));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -90,10 +90,26 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stdout when serving (as upstream's do) and to stderr for `query`,
+/// whose stdout is the answer.
+fn init_logging(config: &Config, to_stdout: bool) {
+    use std::io::IsTerminal;
+    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
+        if to_stdout {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(std::io::stderr())
+        }
+    });
+    let ansi = if to_stdout {
+        std::io::stdout().is_terminal()
+    } else {
+        std::io::stderr().is_terminal()
+    };
     let builder = tracing_subscriber::fmt()
         .with_max_level(config.log_level.as_tracing())
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
+        .with_ansi(ansi)
         .with_target(false);
     match config.log_format {
         LogFormat::Json => builder

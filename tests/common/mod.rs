@@ -1,0 +1,159 @@
+//! Shared helpers for the integration tests: start the whole server on port 0,
+//! talk socketmap to it over real sockets.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use userli_postfix_adapter::config::{Config, ListenAddr};
+use userli_postfix_adapter::metrics::Metrics;
+use userli_postfix_adapter::protocol::netstring::{NetstringDecoder, encode};
+use userli_postfix_adapter::server::LocalAddr;
+use userli_postfix_adapter::{LookupBackend, Server};
+
+/// The bundled demo fixture.
+pub fn demo_fixture() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/fixtures/demo.toml")
+}
+
+/// A configuration on loopback port 0 for both listeners.
+pub fn loopback_config(mut config: Config) -> Config {
+    config.socketmap_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
+    config.metrics_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
+    config
+}
+
+/// A running server.
+pub struct Running {
+    pub socketmap: LocalAddr,
+    pub http: SocketAddr,
+    pub metrics: Metrics,
+    pub stop: CancellationToken,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    pub fn tcp(&self) -> SocketAddr {
+        match &self.socketmap {
+            LocalAddr::Tcp(a) => *a,
+            LocalAddr::Unix(p) => panic!("not TCP: {}", p.display()),
+        }
+    }
+
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(10), self.task)
+            .await
+            .expect("server stops")
+            .unwrap();
+    }
+}
+
+/// Binds and runs `config` with `backend`.
+pub async fn start(config: Config, backend: Arc<dyn LookupBackend>) -> Running {
+    start_with_metrics(config, backend, Metrics::new().unwrap()).await
+}
+
+/// Binds and runs `config` with `backend`, on metrics the backend registered on.
+pub async fn start_with_metrics(
+    config: Config,
+    backend: Arc<dyn LookupBackend>,
+    metrics: Metrics,
+) -> Running {
+    let server = Server::bind(config, backend, metrics.clone()).await.unwrap();
+    let socketmap = server.socketmap_addrs()[0].clone();
+    let LocalAddr::Tcp(http) = server.http_addrs()[0].clone() else {
+        panic!("metrics listener is TCP in tests")
+    };
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(server.run(stop.clone().cancelled_owned()));
+    Running {
+        socketmap,
+        http,
+        metrics,
+        stop,
+        task,
+    }
+}
+
+/// Starts the server on the demo fixture.
+pub async fn start_demo() -> Running {
+    let config = loopback_config(Config::for_fixture(demo_fixture()));
+    let metrics = Metrics::new().unwrap();
+    let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
+    start_with_metrics(config, backend, metrics).await
+}
+
+/// A socketmap client connection.
+pub struct Client<S> {
+    stream: S,
+    buf: BytesMut,
+}
+
+impl Client<tokio::net::TcpStream> {
+    pub async fn tcp(addr: SocketAddr) -> Self {
+        Self::new(tokio::net::TcpStream::connect(addr).await.unwrap())
+    }
+}
+
+impl Client<tokio::net::UnixStream> {
+    pub async fn unix(path: &Path) -> Self {
+        Self::new(tokio::net::UnixStream::connect(path).await.unwrap())
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next reply, or `None` when the server closed the connection.
+    pub async fn reply(&mut self) -> Option<String> {
+        let decoder = NetstringDecoder::new(200_000);
+        loop {
+            if let Some(frame) = decoder.decode(&mut self.buf).unwrap() {
+                return Some(String::from_utf8(frame.to_vec()).unwrap());
+            }
+            match self.stream.read_buf(&mut self.buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    pub async fn ask(&mut self, request: &str) -> String {
+        self.send_raw(&encode(request.as_bytes())).await;
+        self.reply().await.expect("a reply")
+    }
+
+    /// Waits until the server closes the connection; returns what it sent first.
+    pub async fn until_closed(&mut self) -> Vec<u8> {
+        let mut rest = self.buf.to_vec();
+        let _ = self.stream.read_to_end(&mut rest).await;
+        rest
+    }
+}
+
+/// GET on the metrics listener: (status, body).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    (status, body)
+}
