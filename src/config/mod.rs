@@ -431,7 +431,11 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
     };
     let socketmap_listen = listen("SOCKETMAP_LISTEN_ADDR")?;
     let metrics_listen = listen("METRICS_LISTEN_ADDR")?;
-    if socketmap_listen == metrics_listen {
+    let ephemeral = matches!(
+        &socketmap_listen,
+        ListenAddr::AnyHost(0) | ListenAddr::Host(_, 0)
+    ) || matches!(&socketmap_listen, ListenAddr::Socket(a) if a.port() == 0);
+    if socketmap_listen == metrics_listen && !ephemeral {
         return Err(ConfigError(format!(
             "SOCKETMAP_LISTEN_ADDR and METRICS_LISTEN_ADDR are both {socketmap_listen}"
         )));

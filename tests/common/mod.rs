@@ -157,3 +157,103 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
     (status, body)
 }
+
+/// The adapter binary running as a child process, logging JSON to stdout.
+pub struct Adapter {
+    pub child: std::process::Child,
+    pub socketmap: String,
+    pub metrics: String,
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Adapter {
+    /// Starts the binary with `env` (on top of a clean environment) and waits until
+    /// both listeners are up.
+    pub fn spawn(env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_userli-postfix-adapter"));
+        cmd.env_clear()
+            .env("SOCKETMAP_LISTEN_ADDR", "127.0.0.1:0")
+            .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("adapter binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut socketmap, mut metrics) = (None, None);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while socketmap.is_none() || metrics.is_none() {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = lines.recv_timeout(left).expect("adapter reports its listeners");
+            let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+            let addr = v["addr"].as_str().map(str::to_owned);
+            match v["message"].as_str() {
+                Some("socketmap server listening") => socketmap = addr,
+                Some("metrics server listening") => metrics = addr,
+                _ => {}
+            }
+        }
+        Self {
+            child,
+            socketmap: socketmap.unwrap(),
+            metrics: metrics.unwrap(),
+            lines,
+        }
+    }
+
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for a log line whose message contains `text`.
+    pub fn wait_for_log(&self, text: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = self
+                .lines
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line containing {text:?}"));
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["message"].as_str().is_some_and(|m| m.contains(text)) {
+                return v;
+            }
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "adapter did not exit");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Adapter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,136 @@
+//! The binary as an operator runs it: subcommands, exit codes, signals.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Adapter, Client, demo_fixture};
+
+fn adapter() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_userli-postfix-adapter"));
+    cmd.env_clear();
+    cmd
+}
+
+fn fixture_env(cmd: &mut Command) -> &mut Command {
+    cmd.env("LOOKUP_BACKEND", "fixture").env("FIXTURE_PATH", demo_fixture())
+}
+
+#[test]
+fn check_config_redacts_the_token() {
+    let out = adapter()
+        .arg("check-config")
+        .env("USERLI_TOKEN", "super-secret-token")
+        .env("LOOKUP_TIMEOUT", "5s")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains("super-secret-token"));
+    assert!(text.contains("USERLI_TOKEN=<redacted>  # environment"), "{text}");
+    assert!(text.contains("LOOKUP_TIMEOUT=5s  # environment"));
+    assert!(text.contains("SOCKETMAP_LISTEN_ADDR=:10001  # default"));
+}
+
+#[test]
+fn bad_configuration_exits_1_with_one_line_naming_the_variable() {
+    for (name, value) in [("LOOKUP_TIMEOUT", "soon"), ("SOCKETMAP_LISTEN_ADDR", "nowhere"), ("LOG_LEVEL", "loud")] {
+        let out = adapter().env("USERLI_TOKEN", "t").env(name, value).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains(name), "{err}");
+    }
+    let out = adapter().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("USERLI_TOKEN is required"));
+}
+
+#[test]
+fn query_prints_the_reply_with_an_exit_code_per_status() {
+    for (map, key, reply, code) in [
+        ("mailbox", "user@example.org", "OK 1", 0),
+        ("alias", "alias@example.org", "OK user2@example.org", 0),
+        ("mailbox", "nobody@example.org", "NOTFOUND", 1),
+        ("nomap", "x", "PERM Unknown map name", 78),
+    ] {
+        let out = fixture_env(&mut adapter()).args(["query", map, key]).output().unwrap();
+        assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), reply);
+        assert_eq!(out.status.code(), Some(code), "{map} {key}");
+    }
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let out = adapter()
+        .env("USERLI_TOKEN", "t")
+        .env("USERLI_BASE_URL", format!("http://{dead}"))
+        .args(["query", "domain", "example.org"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), "TEMP Error fetching domain");
+    assert_eq!(out.status.code(), Some(75));
+}
+
+#[test]
+fn help_lists_every_setting_and_version_works() {
+    let out = adapter().arg("--help").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    for s in userli_postfix_adapter::config::settings::SETTINGS {
+        assert!(text.contains(s.env), "--help misses {}", s.env);
+    }
+    let out = adapter().arg("--version").output().unwrap();
+    assert!(String::from_utf8(out.stdout).unwrap().contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn a_listener_that_cannot_bind_is_fatal() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = fixture_env(&mut adapter())
+        .env("SOCKETMAP_LISTEN_ADDR", &addr)
+        .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_fixture_without_dropping_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("data.toml");
+    let original = std::fs::read_to_string(demo_fixture()).unwrap();
+    std::fs::write(&file, &original).unwrap();
+    let adapter = Adapter::spawn(&[
+        ("LOOKUP_BACKEND", "fixture"),
+        ("FIXTURE_PATH", file.to_str().unwrap()),
+    ]);
+    let mut client = Client::tcp(adapter.socketmap.parse().unwrap()).await;
+    assert_eq!(client.ask("mailbox new@example.org").await, "NOTFOUND");
+
+    std::fs::write(&file, format!("{original}\n[[users]]\nemail = \"new@example.org\"\n")).unwrap();
+    adapter.signal("HUP");
+    adapter.wait_for_log("backend reloaded");
+    assert_eq!(client.ask("mailbox new@example.org").await, "OK 1", "same connection, new data");
+
+    std::fs::write(&file, "domains = [\"broken").unwrap();
+    adapter.signal("HUP");
+    let line = adapter.wait_for_log("backend reload failed");
+    assert_eq!(line["level"], "ERROR");
+    assert_eq!(client.ask("mailbox new@example.org").await, "OK 1", "old data kept");
+
+    drop(client);
+    let status = adapter.terminate();
+    assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_0() {
+    let adapter = Adapter::spawn(&[
+        ("LOOKUP_BACKEND", "fixture"),
+        ("FIXTURE_PATH", demo_fixture().to_str().unwrap()),
+    ]);
+    let mut idle = Client::tcp(adapter.socketmap.parse().unwrap()).await;
+    assert_eq!(idle.ask("domain example.org").await, "OK 1");
+    let status = adapter.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(idle.until_closed().await.is_empty());
+}

@@ -1,0 +1,96 @@
+//! Debian's real Postfix socketmap client (`postmap -q`) against the adapter binary.
+//!
+//! `postmap -q` exits 0 when found and 1 both when not found and on a lookup
+//! error; the difference is on stderr: a clean not-found prints nothing, an
+//! error prints Postfix's "socketmap server temporary error" warning and a fatal
+//! "query error".
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::{Adapter, demo_fixture};
+
+fn postmap(key: &str, addr: &str, map: &str) -> Output {
+    Command::new("postmap")
+        .args(["-q", key, &format!("socketmap:inet:{addr}:{map}")])
+        .output()
+        .expect("postmap is installed (apt-get install postfix)")
+}
+
+fn demo() -> Adapter {
+    Adapter::spawn(&[
+        ("LOOKUP_BACKEND", "fixture"),
+        ("FIXTURE_PATH", demo_fixture().to_str().unwrap()),
+        ("POSTFIX_RECIPIENT_DELIMITER", "+"),
+    ])
+}
+
+#[test]
+#[ignore = "needs postfix (postmap)"]
+fn postmap_finds_every_map_of_the_demo_data() {
+    let adapter = demo();
+    for (key, map, want) in [
+        ("example.org", "domain", "1"),
+        ("user@example.org", "mailbox", "1"),
+        ("User+Tag@Example.org", "mailbox", "1"),
+        ("alias@example.org", "alias", "user2@example.org"),
+        ("user@example.org", "senders", "user@example.org"),
+        ("alias@example.org", "senders", "user2@example.org"),
+    ] {
+        let out = postmap(key, &adapter.socketmap, map);
+        assert_eq!(out.status.code(), Some(0), "{key} {map}: {}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), want, "{key} {map}");
+    }
+}
+
+#[test]
+#[ignore = "needs postfix (postmap)"]
+fn postmap_not_found_is_clean() {
+    let adapter = demo();
+    for (key, map) in [
+        ("example.net", "domain"),
+        ("nobody@example.org", "mailbox"),
+        ("deleted@example.org", "mailbox"),
+        ("user@example.org", "alias"),
+        ("example.org", "alias"),
+        ("nobody@example.org", "senders"),
+    ] {
+        let out = postmap(key, &adapter.socketmap, map);
+        assert_eq!(out.status.code(), Some(1), "{key} {map}");
+        assert!(out.stdout.is_empty());
+        assert!(out.stderr.is_empty(), "{key} {map}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+#[ignore = "needs postfix (postmap)"]
+fn postmap_sees_a_temporary_error_when_the_backend_is_down() {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let adapter = Adapter::spawn(&[
+        ("USERLI_TOKEN", "t"),
+        ("USERLI_BASE_URL", &format!("http://{dead}")),
+    ]);
+    for (key, map, reason) in [
+        ("example.org", "domain", "Error fetching domain"),
+        ("user@example.org", "mailbox", "Error fetching mailbox"),
+        ("alias@example.org", "alias", "Error fetching aliases"),
+        ("user@example.org", "senders", "Error fetching senders"),
+    ] {
+        let out = postmap(key, &adapter.socketmap, map);
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert_ne!(out.status.code(), Some(0));
+        assert!(out.stdout.is_empty(), "no answer on a backend failure");
+        assert!(err.contains(&format!("socketmap server temporary error: {reason}")), "{err}");
+        assert!(err.contains("query error"), "{err}");
+    }
+}
+
+#[test]
+#[ignore = "needs postfix (postmap)"]
+fn postmap_reports_unknown_maps_as_permanent_errors() {
+    let adapter = demo();
+    let out = postmap("user@example.org", &adapter.socketmap, "transport");
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("socketmap server permanent error: Unknown map name"), "{err}");
+}
