@@ -23,10 +23,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use userli_postfix_adapter::Server;
 use userli_postfix_adapter::backend_api::{Address, BackendError, LookupBackend, async_trait};
 use userli_postfix_adapter::config::{Config, ListenAddr};
 use userli_postfix_adapter::metrics::Metrics;
-use userli_postfix_adapter::Server;
 
 /// Lookups answered from a parsed text table.
 #[derive(Debug, Default)]
@@ -64,7 +64,10 @@ impl TableBackend {
             };
             let mut fields = line.split_whitespace();
             let kind = fields.next().unwrap_or_default();
-            let key = fields.next().ok_or_else(|| err("missing key"))?.to_lowercase();
+            let key = fields
+                .next()
+                .ok_or_else(|| err("missing key"))?
+                .to_lowercase();
             let values: Vec<String> = fields
                 .next()
                 .map(|v| v.split(',').map(str::to_lowercase).collect())
@@ -93,7 +96,11 @@ impl TableBackend {
 #[async_trait]
 impl LookupBackend for TableBackend {
     async fn aliases(&self, address: &Address) -> Result<Vec<String>, BackendError> {
-        Ok(self.aliases.get(address.as_str()).cloned().unwrap_or_default())
+        Ok(self
+            .aliases
+            .get(address.as_str())
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn domain_exists(&self, domain: &str) -> Result<bool, BackendError> {
@@ -105,7 +112,11 @@ impl LookupBackend for TableBackend {
     }
 
     async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError> {
-        Ok(self.senders.get(address.as_str()).cloned().unwrap_or_default())
+        Ok(self
+            .senders
+            .get(address.as_str())
+            .cloned()
+            .unwrap_or_default())
     }
 
     fn name(&self) -> &str {
@@ -136,7 +147,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.metrics_listen = ListenAddr::parse("127.0.0.1:10002")?;
 
     let server = Server::bind(config, Arc::new(backend), Metrics::new()?).await?;
-    println!("table backend serving socketmap on {:?}", server.socketmap_addrs());
+    println!(
+        "table backend serving socketmap on {:?}",
+        server.socketmap_addrs()
+    );
     server
         .run(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -166,13 +180,22 @@ mod tests {
         let s = service();
         let ok = |v: &str| Reply::Ok(v.to_owned());
         assert_eq!(s.lookup(MapName::Domain, b"Example.ORG").await, ok("1"));
-        assert_eq!(s.lookup(MapName::Mailbox, b"user+tag@example.org").await, ok("1"));
+        assert_eq!(
+            s.lookup(MapName::Mailbox, b"user+tag@example.org").await,
+            ok("1")
+        );
         assert_eq!(
             s.lookup(MapName::Alias, b"info@example.org").await,
             ok("user@example.org,other@example.net")
         );
-        assert_eq!(s.lookup(MapName::Senders, b"user@example.org").await, ok("user@example.org"));
-        assert_eq!(s.lookup(MapName::Mailbox, b"nobody@example.org").await, Reply::NotFound);
+        assert_eq!(
+            s.lookup(MapName::Senders, b"user@example.org").await,
+            ok("user@example.org")
+        );
+        assert_eq!(
+            s.lookup(MapName::Mailbox, b"nobody@example.org").await,
+            Reply::NotFound
+        );
     }
 
     #[tokio::test]
@@ -182,8 +205,12 @@ mod tests {
         config.socketmap_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
         config.metrics_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
         let backend = Arc::new(TableBackend::parse(SAMPLE).unwrap());
-        let server = Server::bind(config, backend, Metrics::new().unwrap()).await.unwrap();
-        let userli_postfix_adapter::server::LocalAddr::Tcp(addr) = server.socketmap_addrs()[0].clone() else {
+        let server = Server::bind(config, backend, Metrics::new().unwrap())
+            .await
+            .unwrap();
+        let userli_postfix_adapter::server::LocalAddr::Tcp(addr) =
+            server.socketmap_addrs()[0].clone()
+        else {
             panic!("tcp expected")
         };
         let stop = tokio_util::sync::CancellationToken::new();

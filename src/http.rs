@@ -67,7 +67,10 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response {
 
 async fn metrics(State(state): State<HttpState>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -181,7 +184,10 @@ mod tests {
     #[tokio::test]
     async fn health_is_upstreams_body() {
         let (s, ct, body) = get(state(Health(Ok(()), false), true), "/health").await;
-        assert_eq!((s, ct.as_str(), body.as_str()), (StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n"));
+        assert_eq!(
+            (s, ct.as_str(), body.as_str()),
+            (StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n")
+        );
     }
 
     #[tokio::test]
@@ -189,15 +195,25 @@ mod tests {
         let st = state(Health(Ok(()), false), true);
         let metrics = st.metrics.clone();
         let (s, _, body) = get(st, "/ready").await;
-        assert_eq!((s, body.as_str()), (StatusCode::OK, "{\"status\":\"ready\"}\n"));
+        assert_eq!(
+            (s, body.as_str()),
+            (StatusCode::OK, "{\"status\":\"ready\"}\n")
+        );
         assert_eq!(metrics.health_check_status.get(), 1);
     }
 
     #[tokio::test]
     async fn not_ready_on_backend_error_with_sorted_keys() {
-        let (s, _, body) = get(state(Health(Err("connection refused"), false), true), "/ready").await;
+        let (s, _, body) = get(
+            state(Health(Err("connection refused"), false), true),
+            "/ready",
+        )
+        .await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(body, "{\"error\":\"connection refused\",\"status\":\"unavailable\"}\n");
+        assert_eq!(
+            body,
+            "{\"error\":\"connection refused\",\"status\":\"unavailable\"}\n"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -226,6 +242,9 @@ mod tests {
         assert!(ct.starts_with("text/plain"));
         assert!(body.contains("userli_postfix_adapter_active_connections"));
         let (s, _, body) = get(state(Health(Ok(()), false), true), "/nope").await;
-        assert_eq!((s, body.as_str()), (StatusCode::NOT_FOUND, "404 page not found\n"));
+        assert_eq!(
+            (s, body.as_str()),
+            (StatusCode::NOT_FOUND, "404 page not found\n")
+        );
     }
 }

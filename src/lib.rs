@@ -108,7 +108,10 @@ impl Server {
 
     /// The bound socketmap addresses.
     pub fn socketmap_addrs(&self) -> Vec<LocalAddr> {
-        self.socketmap.iter().map(BoundListener::local_addr).collect()
+        self.socketmap
+            .iter()
+            .map(BoundListener::local_addr)
+            .collect()
     }
 
     /// The bound metrics/health addresses.

@@ -159,11 +159,10 @@ impl LookupService {
         let result = match map {
             MapName::Domain => match self.normalizer.domain(key) {
                 None => return Reply::NotFound,
-                Some(domain) => {
-                    self.deadline(self.backend.domain_exists(&domain))
-                        .await
-                        .map(flag_reply)
-                }
+                Some(domain) => self
+                    .deadline(self.backend.domain_exists(&domain))
+                    .await
+                    .map(flag_reply),
             },
             MapName::Alias | MapName::Mailbox | MapName::Senders => {
                 let address = match self.normalizer.address(key) {
@@ -174,8 +173,14 @@ impl LookupService {
                     }
                 };
                 match map {
-                    MapName::Alias => self.deadline(self.backend.aliases(&address)).await.map(list_reply),
-                    MapName::Senders => self.deadline(self.backend.senders(&address)).await.map(list_reply),
+                    MapName::Alias => self
+                        .deadline(self.backend.aliases(&address))
+                        .await
+                        .map(list_reply),
+                    MapName::Senders => self
+                        .deadline(self.backend.senders(&address))
+                        .await
+                        .map(list_reply),
                     _ => self
                         .deadline(self.backend.mailbox_exists(&address))
                         .await

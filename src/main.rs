@@ -67,7 +67,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(&config, !matches!(cli.command, Some(Command::Query { .. })));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("userli-postfix-adapter: cannot start the runtime: {e}");
@@ -94,13 +97,14 @@ fn main() -> ExitCode {
 /// whose stdout is the answer.
 fn init_logging(config: &Config, to_stdout: bool) {
     use std::io::IsTerminal;
-    let writer = tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
-        if to_stdout {
-            Box::new(std::io::stdout())
-        } else {
-            Box::new(std::io::stderr())
-        }
-    });
+    let writer =
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(move || -> Box<dyn std::io::Write> {
+            if to_stdout {
+                Box::new(std::io::stdout())
+            } else {
+                Box::new(std::io::stderr())
+            }
+        });
     let ansi = if to_stdout {
         std::io::stdout().is_terminal()
     } else {

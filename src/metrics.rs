@@ -111,7 +111,10 @@ impl Metrics {
                 &["handler", "kind"],
             )?,
             reloads: IntCounterVec::new(
-                opts("backend_reloads_total", "Backend reloads (SIGHUP) by result"),
+                opts(
+                    "backend_reloads_total",
+                    "Backend reloads (SIGHUP) by result",
+                ),
                 &["result"],
             )?,
             build_info: IntGaugeVec::new(
@@ -122,17 +125,22 @@ impl Metrics {
         };
         m.registry.register(Box::new(m.request_duration.clone()))?;
         m.registry.register(Box::new(m.requests_total.clone()))?;
-        m.registry.register(Box::new(m.active_connections.clone()))?;
-        m.registry.register(Box::new(m.connection_pool_usage.clone()))?;
-        m.registry.register(Box::new(m.connection_pool_full.clone()))?;
-        m.registry.register(Box::new(m.health_check_status.clone()))?;
+        m.registry
+            .register(Box::new(m.active_connections.clone()))?;
+        m.registry
+            .register(Box::new(m.connection_pool_usage.clone()))?;
+        m.registry
+            .register(Box::new(m.connection_pool_full.clone()))?;
+        m.registry
+            .register(Box::new(m.health_check_status.clone()))?;
         m.registry.register(Box::new(m.framing_errors.clone()))?;
         m.registry.register(Box::new(m.backend_errors.clone()))?;
         m.registry.register(Box::new(m.reloads.clone()))?;
         m.registry.register(Box::new(m.build_info.clone()))?;
         #[cfg(target_os = "linux")]
-        m.registry
-            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(m)
     }
 
@@ -163,7 +171,9 @@ mod tests {
     #[test]
     fn renders_upstream_names() {
         let m = Metrics::new().unwrap();
-        m.requests_total.with_label_values(&["alias", "success"]).inc();
+        m.requests_total
+            .with_label_values(&["alias", "success"])
+            .inc();
         m.request_histogram("alias", "success").observe(0.001);
         m.active_connections.set(1);
         let text = m.render();

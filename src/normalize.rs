@@ -125,7 +125,11 @@ mod tests {
             ("User@Example.COM", "", Ok("user@example.com")),
             ("  user@example.org\t\n", "", Ok("user@example.org")),
             ("\u{7f}user@example.org\u{7f}", "", Ok("user@example.org")),
-            ("\u{200b}\u{200c}\u{200d}\u{feff}user@example.org\u{feff}", "", Ok("user@example.org")),
+            (
+                "\u{200b}\u{200c}\u{200d}\u{feff}user@example.org\u{feff}",
+                "",
+                Ok("user@example.org"),
+            ),
             ("user+tag@example.org", "+", Ok("user@example.org")),
             ("user+a+b@example.org", "+", Ok("user@example.org")),
             ("user+@example.org", "+", Ok("user@example.org")),
@@ -140,7 +144,11 @@ mod tests {
             ("us er@example.org", "", Err(KeyError::InvalidCharacter)),
         ];
         for (key, delim, want) in cases {
-            assert_eq!(norm(delim, key), want.map(str::to_owned), "{key:?} with {delim:?}");
+            assert_eq!(
+                norm(delim, key),
+                want.map(str::to_owned),
+                "{key:?} with {delim:?}"
+            );
         }
     }
 
@@ -153,10 +161,19 @@ mod tests {
 
     #[test]
     fn special_local_parts_are_never_split() {
-        assert_eq!(norm("-", "mailer-daemon@x.org").unwrap(), "mailer-daemon@x.org");
-        assert_eq!(norm("-", "double-bounce@x.org").unwrap(), "double-bounce@x.org");
+        assert_eq!(
+            norm("-", "mailer-daemon@x.org").unwrap(),
+            "mailer-daemon@x.org"
+        );
+        assert_eq!(
+            norm("-", "double-bounce@x.org").unwrap(),
+            "double-bounce@x.org"
+        );
         assert_eq!(norm("-", "owner-list@x.org").unwrap(), "owner-list@x.org");
-        assert_eq!(norm("-", "list-request@x.org").unwrap(), "list-request@x.org");
+        assert_eq!(
+            norm("-", "list-request@x.org").unwrap(),
+            "list-request@x.org"
+        );
         assert_eq!(norm("+", "owner-list+x@x.org").unwrap(), "owner-list@x.org");
     }
 
@@ -177,7 +194,10 @@ mod tests {
     #[test]
     fn domains_are_trimmed_and_lowered() {
         let n = Normalizer::new("");
-        assert_eq!(n.domain(b" Example.ORG\r\n").as_deref(), Some("example.org"));
+        assert_eq!(
+            n.domain(b" Example.ORG\r\n").as_deref(),
+            Some("example.org")
+        );
         assert_eq!(n.domain(b" \t"), None);
     }
 

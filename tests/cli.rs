@@ -13,7 +13,8 @@ fn adapter() -> Command {
 }
 
 fn fixture_env(cmd: &mut Command) -> &mut Command {
-    cmd.env("LOOKUP_BACKEND", "fixture").env("FIXTURE_PATH", demo_fixture())
+    cmd.env("LOOKUP_BACKEND", "fixture")
+        .env("FIXTURE_PATH", demo_fixture())
 }
 
 #[test]
@@ -27,15 +28,26 @@ fn check_config_redacts_the_token() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(!text.contains("super-secret-token"));
-    assert!(text.contains("USERLI_TOKEN=<redacted>  # environment"), "{text}");
+    assert!(
+        text.contains("USERLI_TOKEN=<redacted>  # environment"),
+        "{text}"
+    );
     assert!(text.contains("LOOKUP_TIMEOUT=5s  # environment"));
     assert!(text.contains("SOCKETMAP_LISTEN_ADDR=:10001  # default"));
 }
 
 #[test]
 fn bad_configuration_exits_1_with_one_line_naming_the_variable() {
-    for (name, value) in [("LOOKUP_TIMEOUT", "soon"), ("SOCKETMAP_LISTEN_ADDR", "nowhere"), ("LOG_LEVEL", "loud")] {
-        let out = adapter().env("USERLI_TOKEN", "t").env(name, value).output().unwrap();
+    for (name, value) in [
+        ("LOOKUP_TIMEOUT", "soon"),
+        ("SOCKETMAP_LISTEN_ADDR", "nowhere"),
+        ("LOG_LEVEL", "loud"),
+    ] {
+        let out = adapter()
+            .env("USERLI_TOKEN", "t")
+            .env(name, value)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{name}");
         let err = String::from_utf8(out.stderr).unwrap();
         assert_eq!(err.lines().count(), 1, "{err}");
@@ -54,18 +66,27 @@ fn query_prints_the_reply_with_an_exit_code_per_status() {
         ("mailbox", "nobody@example.org", "NOTFOUND", 1),
         ("nomap", "x", "PERM Unknown map name", 78),
     ] {
-        let out = fixture_env(&mut adapter()).args(["query", map, key]).output().unwrap();
+        let out = fixture_env(&mut adapter())
+            .args(["query", map, key])
+            .output()
+            .unwrap();
         assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), reply);
         assert_eq!(out.status.code(), Some(code), "{map} {key}");
     }
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let out = adapter()
         .env("USERLI_TOKEN", "t")
         .env("USERLI_BASE_URL", format!("http://{dead}"))
         .args(["query", "domain", "example.org"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), "TEMP Error fetching domain");
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim_end(),
+        "TEMP Error fetching domain"
+    );
     assert_eq!(out.status.code(), Some(75));
 }
 
@@ -77,7 +98,11 @@ fn help_lists_every_setting_and_version_works() {
         assert!(text.contains(s.env), "--help misses {}", s.env);
     }
     let out = adapter().arg("--version").output().unwrap();
-    assert!(String::from_utf8(out.stdout).unwrap().contains(env!("CARGO_PKG_VERSION")));
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains(env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -106,16 +131,28 @@ async fn sighup_reloads_the_fixture_without_dropping_connections() {
     let mut client = Client::tcp(adapter.socketmap.parse().unwrap()).await;
     assert_eq!(client.ask("mailbox new@example.org").await, "NOTFOUND");
 
-    std::fs::write(&file, format!("{original}\n[[users]]\nemail = \"new@example.org\"\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("{original}\n[[users]]\nemail = \"new@example.org\"\n"),
+    )
+    .unwrap();
     adapter.signal("HUP");
     adapter.wait_for_log("backend reloaded");
-    assert_eq!(client.ask("mailbox new@example.org").await, "OK 1", "same connection, new data");
+    assert_eq!(
+        client.ask("mailbox new@example.org").await,
+        "OK 1",
+        "same connection, new data"
+    );
 
     std::fs::write(&file, "domains = [\"broken").unwrap();
     adapter.signal("HUP");
     let line = adapter.wait_for_log("backend reload failed");
     assert_eq!(line["level"], "ERROR");
-    assert_eq!(client.ask("mailbox new@example.org").await, "OK 1", "old data kept");
+    assert_eq!(
+        client.ask("mailbox new@example.org").await,
+        "OK 1",
+        "old data kept"
+    );
 
     drop(client);
     let status = adapter.terminate();

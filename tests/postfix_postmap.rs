@@ -39,8 +39,17 @@ fn postmap_finds_every_map_of_the_demo_data() {
         ("alias@example.org", "senders", "user2@example.org"),
     ] {
         let out = postmap(key, &adapter.socketmap, map);
-        assert_eq!(out.status.code(), Some(0), "{key} {map}: {}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), want, "{key} {map}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{key} {map}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap().trim_end(),
+            want,
+            "{key} {map}"
+        );
     }
 }
 
@@ -59,14 +68,21 @@ fn postmap_not_found_is_clean() {
         let out = postmap(key, &adapter.socketmap, map);
         assert_eq!(out.status.code(), Some(1), "{key} {map}");
         assert!(out.stdout.is_empty());
-        assert!(out.stderr.is_empty(), "{key} {map}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stderr.is_empty(),
+            "{key} {map}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
 #[test]
 #[ignore = "needs postfix (postmap)"]
 fn postmap_sees_a_temporary_error_when_the_backend_is_down() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let adapter = Adapter::spawn(&[
         ("USERLI_TOKEN", "t"),
         ("USERLI_BASE_URL", &format!("http://{dead}")),
@@ -81,7 +97,10 @@ fn postmap_sees_a_temporary_error_when_the_backend_is_down() {
         let err = String::from_utf8(out.stderr).unwrap();
         assert_ne!(out.status.code(), Some(0));
         assert!(out.stdout.is_empty(), "no answer on a backend failure");
-        assert!(err.contains(&format!("socketmap server temporary error: {reason}")), "{err}");
+        assert!(
+            err.contains(&format!("socketmap server temporary error: {reason}")),
+            "{err}"
+        );
         assert!(err.contains("query error"), "{err}");
     }
 }
@@ -92,5 +111,8 @@ fn postmap_reports_unknown_maps_as_permanent_errors() {
     let adapter = demo();
     let out = postmap("user@example.org", &adapter.socketmap, "transport");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("socketmap server permanent error: Unknown map name"), "{err}");
+    assert!(
+        err.contains("socketmap server permanent error: Unknown map name"),
+        "{err}"
+    );
 }

@@ -82,7 +82,10 @@ async fn a_framing_error_closes_only_that_connection() {
     let mut good = Client::tcp(server.tcp()).await;
     let mut bad = Client::tcp(server.tcp()).await;
     bad.send_raw(b"007:domain,").await;
-    assert!(bad.until_closed().await.is_empty(), "no reply to a bad frame");
+    assert!(
+        bad.until_closed().await.is_empty(),
+        "no reply to a bad frame"
+    );
     let mut huge = Client::tcp(server.tcp()).await;
     huge.send_raw(b"999999999:").await;
     assert!(huge.until_closed().await.is_empty());
@@ -95,8 +98,14 @@ async fn health_ready_and_metrics_endpoints() {
     let server = start_demo().await;
     let mut client = Client::tcp(server.tcp()).await;
     client.ask("domain example.org").await;
-    assert_eq!(http_get(server.http, "/health").await, (200, "{\"status\":\"ok\"}\n".into()));
-    assert_eq!(http_get(server.http, "/ready").await, (200, "{\"status\":\"ready\"}\n".into()));
+    assert_eq!(
+        http_get(server.http, "/health").await,
+        (200, "{\"status\":\"ok\"}\n".into())
+    );
+    assert_eq!(
+        http_get(server.http, "/ready").await,
+        (200, "{\"status\":\"ready\"}\n".into())
+    );
     let (status, body) = http_get(server.http, "/metrics").await;
     assert_eq!(status, 200);
     for name in [
@@ -133,12 +142,18 @@ impl LookupBackend for SlowBackend {
 
 #[tokio::test]
 async fn shutdown_answers_in_flight_requests_and_closes_idle_connections() {
-    let server = start(loopback_config(Config::for_fixture("unused")), Arc::new(SlowBackend)).await;
+    let server = start(
+        loopback_config(Config::for_fixture("unused")),
+        Arc::new(SlowBackend),
+    )
+    .await;
     let mut busy = Client::tcp(server.tcp()).await;
     let mut idle = Client::tcp(server.tcp()).await;
     assert_eq!(idle.ask("domain example.org").await, "OK 1");
-    busy.send_raw(&userli_postfix_adapter::protocol::netstring::encode(b"alias slow@example.org"))
-        .await;
+    busy.send_raw(&userli_postfix_adapter::protocol::netstring::encode(
+        b"alias slow@example.org",
+    ))
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let http = server.http;
@@ -175,8 +190,16 @@ async fn connection_limit_closes_extra_connections_and_counts_them() {
     assert_eq!(a.ask("domain example.org").await, "OK 1");
     assert_eq!(b.ask("domain example.org").await, "OK 1");
     let mut c = Client::tcp(server.tcp()).await;
-    assert!(c.until_closed().await.is_empty(), "third connection refused");
-    assert!(server.metrics.render().contains("userli_postfix_adapter_connection_pool_full_total 1"));
+    assert!(
+        c.until_closed().await.is_empty(),
+        "third connection refused"
+    );
+    assert!(
+        server
+            .metrics
+            .render()
+            .contains("userli_postfix_adapter_connection_pool_full_total 1")
+    );
     drop(a);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let mut d = Client::tcp(server.tcp()).await;

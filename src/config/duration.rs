@@ -156,8 +156,14 @@ mod tests {
 
     #[test]
     fn rejects_like_go() {
-        assert!(matches!(parse_go_duration("300"), Err(DurationError::MissingUnit(_))));
-        assert!(matches!(parse_go_duration("-1s"), Err(DurationError::Negative(_))));
+        assert!(matches!(
+            parse_go_duration("300"),
+            Err(DurationError::MissingUnit(_))
+        ));
+        assert!(matches!(
+            parse_go_duration("-1s"),
+            Err(DurationError::Negative(_))
+        ));
         for bad in ["", "s", "1x", "1..5s", "1s2", "one second", "."] {
             assert!(parse_go_duration(bad).is_err(), "{bad}");
         }

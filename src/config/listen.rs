@@ -138,16 +138,37 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(ListenAddr::parse(""), Err(ListenAddrError::Empty));
-        assert!(matches!(ListenAddr::parse("localhost"), Err(ListenAddrError::MissingPort(_))));
-        assert!(matches!(ListenAddr::parse(":99999"), Err(ListenAddrError::InvalidPort(_))));
-        assert!(matches!(ListenAddr::parse(":http"), Err(ListenAddrError::InvalidPort(_))));
-        assert!(matches!(ListenAddr::parse("[::1:80"), Err(ListenAddrError::InvalidHost(_))));
-        assert!(matches!(ListenAddr::parse("unix:"), Err(ListenAddrError::Empty)));
+        assert!(matches!(
+            ListenAddr::parse("localhost"),
+            Err(ListenAddrError::MissingPort(_))
+        ));
+        assert!(matches!(
+            ListenAddr::parse(":99999"),
+            Err(ListenAddrError::InvalidPort(_))
+        ));
+        assert!(matches!(
+            ListenAddr::parse(":http"),
+            Err(ListenAddrError::InvalidPort(_))
+        ));
+        assert!(matches!(
+            ListenAddr::parse("[::1:80"),
+            Err(ListenAddrError::InvalidHost(_))
+        ));
+        assert!(matches!(
+            ListenAddr::parse("unix:"),
+            Err(ListenAddrError::Empty)
+        ));
     }
 
     #[test]
     fn display_round_trips() {
-        for s in [":10001", "127.0.0.1:1", "[::1]:2", "localhost:3", "/run/a.sock"] {
+        for s in [
+            ":10001",
+            "127.0.0.1:1",
+            "[::1]:2",
+            "localhost:3",
+            "/run/a.sock",
+        ] {
             assert_eq!(ListenAddr::parse(s).unwrap().to_string(), s);
         }
     }

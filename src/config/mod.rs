@@ -285,14 +285,19 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             .ok_or_else(|| {
                 ConfigError(format!(
                     "config file {}: unknown key {key:?}",
-                    file.as_deref().map_or("?".into(), |p| p.display().to_string())
+                    file.as_deref()
+                        .map_or("?".into(), |p| p.display().to_string())
                 ))
             })?;
         let origin = figment
             .find_metadata(&key)
             .map_or_else(|| "default".to_owned(), |m| origin_name(m, file.as_deref()));
         let text = scalar(&value).ok_or_else(|| {
-            ConfigError::setting(setting.env, &origin, "must be a single value, not a table or list")
+            ConfigError::setting(
+                setting.env,
+                &origin,
+                "must be a single value, not a table or list",
+            )
         })?;
         values.insert(key, (text, origin));
     }
@@ -302,7 +307,9 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
 fn origin_name(meta: &Metadata, file: Option<&Path>) -> String {
     match meta.name.as_ref() {
         "environment" => "environment".into(),
-        n if n.contains("TOML") => file.map_or_else(|| "config file".into(), |p| p.display().to_string()),
+        n if n.contains("TOML") => {
+            file.map_or_else(|| "config file".into(), |p| p.display().to_string())
+        }
         _ => "default".into(),
     }
 }
@@ -363,8 +370,9 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
     };
 
     let (v, o) = raw.required("USERLI_BASE_URL");
-    let userli_base_url = Url::parse(v.trim())
-        .map_err(|e| ConfigError::setting("USERLI_BASE_URL", o, format!("invalid URL {v:?}: {e}")))?;
+    let userli_base_url = Url::parse(v.trim()).map_err(|e| {
+        ConfigError::setting("USERLI_BASE_URL", o, format!("invalid URL {v:?}: {e}"))
+    })?;
     if !matches!(userli_base_url.scheme(), "http" | "https") || userli_base_url.cannot_be_a_base() {
         return Err(ConfigError::setting(
             "USERLI_BASE_URL",
@@ -405,12 +413,12 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         }
         (None, None) => None,
     };
-    if let Some(token) = &userli_token {
-        if token.expose().chars().any(|c| c.is_control() || c == ' ') {
-            return Err(ConfigError(
-                "USERLI_TOKEN: contains white space or control characters (a stray newline?)".into(),
-            ));
-        }
+    if let Some(token) = &userli_token
+        && token.expose().chars().any(|c| c.is_control() || c == ' ')
+    {
+        return Err(ConfigError(
+            "USERLI_TOKEN: contains white space or control characters (a stray newline?)".into(),
+        ));
     }
     if backend == BackendKind::Userli && userli_token.is_none() {
         return Err(ConfigError(
@@ -487,9 +495,10 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
 
     let number = |env: &str, min: usize, max: usize| -> Result<usize, ConfigError> {
         let (v, o) = raw.required(env);
-        let n: usize = v.trim().parse().map_err(|_| {
-            ConfigError::setting(env, o, format!("{v:?} is not a whole number"))
-        })?;
+        let n: usize = v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::setting(env, o, format!("{v:?} is not a whole number")))?;
         if n < min || n > max {
             return Err(ConfigError::setting(
                 env,

@@ -46,7 +46,10 @@ fn token_never_appears_in_debug_or_effective_output() {
     let c = load(&env(&[("USERLI_TOKEN", "s3cr3t-token")])).unwrap();
     assert!(!format!("{c:?}").contains("s3cr3t"));
     assert!(!c.render_effective().contains("s3cr3t"));
-    assert!(c.render_effective().contains("USERLI_TOKEN=<redacted>  # environment"));
+    assert!(
+        c.render_effective()
+            .contains("USERLI_TOKEN=<redacted>  # environment")
+    );
 }
 
 #[test]
@@ -63,24 +66,63 @@ fn token_file_is_read_and_exclusive() {
 #[test]
 fn errors_name_the_variable_and_origin() {
     let cases = [
-        ("LOOKUP_TIMEOUT", "3", "LOOKUP_TIMEOUT (environment): missing unit"),
-        ("LOOKUP_TIMEOUT", "2m", "LOOKUP_TIMEOUT (environment): must be more than 0 and at most 60s"),
+        (
+            "LOOKUP_TIMEOUT",
+            "3",
+            "LOOKUP_TIMEOUT (environment): missing unit",
+        ),
+        (
+            "LOOKUP_TIMEOUT",
+            "2m",
+            "LOOKUP_TIMEOUT (environment): must be more than 0 and at most 60s",
+        ),
         ("LOOKUP_TIMEOUT", "0", "LOOKUP_TIMEOUT"),
-        ("SOCKETMAP_LISTEN_ADDR", "localhost", "SOCKETMAP_LISTEN_ADDR (environment):"),
-        ("METRICS_LISTEN_ADDR", ":99999", "METRICS_LISTEN_ADDR (environment): invalid port"),
-        ("LOG_LEVEL", "verbose", "LOG_LEVEL (environment): unknown level"),
+        (
+            "SOCKETMAP_LISTEN_ADDR",
+            "localhost",
+            "SOCKETMAP_LISTEN_ADDR (environment):",
+        ),
+        (
+            "METRICS_LISTEN_ADDR",
+            ":99999",
+            "METRICS_LISTEN_ADDR (environment): invalid port",
+        ),
+        (
+            "LOG_LEVEL",
+            "verbose",
+            "LOG_LEVEL (environment): unknown level",
+        ),
         ("LOG_FORMAT", "xml", "LOG_FORMAT (environment)"),
-        ("LOOKUP_BACKEND", "ldap", "LOOKUP_BACKEND (environment): unknown backend"),
-        ("USERLI_BASE_URL", "localhost:8000", "USERLI_BASE_URL (environment)"),
-        ("USERLI_BASE_URL", "ftp://x/", "USERLI_BASE_URL (environment)"),
-        ("SOCKETMAP_MAX_CONNECTIONS", "lots", "SOCKETMAP_MAX_CONNECTIONS (environment): \"lots\" is not a whole number"),
+        (
+            "LOOKUP_BACKEND",
+            "ldap",
+            "LOOKUP_BACKEND (environment): unknown backend",
+        ),
+        (
+            "USERLI_BASE_URL",
+            "localhost:8000",
+            "USERLI_BASE_URL (environment)",
+        ),
+        (
+            "USERLI_BASE_URL",
+            "ftp://x/",
+            "USERLI_BASE_URL (environment)",
+        ),
+        (
+            "SOCKETMAP_MAX_CONNECTIONS",
+            "lots",
+            "SOCKETMAP_MAX_CONNECTIONS (environment): \"lots\" is not a whole number",
+        ),
         ("SOCKETMAP_MAX_CONNECTIONS", "0", "out of range"),
         ("UNIX_SOCKET_MODE", "rw", "UNIX_SOCKET_MODE (environment)"),
         ("UNIX_SOCKET_MODE", "0999", "UNIX_SOCKET_MODE"),
     ];
     for (name, value, want) in cases {
         let e = err(&[("USERLI_TOKEN", "t"), (name, value)]);
-        assert!(e.starts_with(want) || e.contains(want), "{name}={value}: {e}");
+        assert!(
+            e.starts_with(want) || e.contains(want),
+            "{name}={value}: {e}"
+        );
         assert!(!e.contains('\n'), "one line: {e}");
     }
 }
@@ -95,7 +137,11 @@ fn upstream_log_levels_are_accepted() {
 #[test]
 fn fixture_backend_needs_no_token_but_a_path() {
     assert!(err(&[("LOOKUP_BACKEND", "fixture")]).contains("FIXTURE_PATH is required"));
-    let c = load(&env(&[("LOOKUP_BACKEND", "fixture"), ("FIXTURE_PATH", "x.toml")])).unwrap();
+    let c = load(&env(&[
+        ("LOOKUP_BACKEND", "fixture"),
+        ("FIXTURE_PATH", "x.toml"),
+    ]))
+    .unwrap();
     assert_eq!(c.backend, BackendKind::Fixture);
     assert!(c.userli_token.is_none());
 }
@@ -115,7 +161,11 @@ fn file_is_layered_under_the_environment() {
     assert_eq!(c.lookup_timeout, Duration::from_secs(5));
     assert_eq!(c.max_connections, 20);
     assert_eq!(c.log_level, LogLevel::Warn, "environment beats the file");
-    let shown = c.effective.iter().find(|(n, _, _)| *n == "LOOKUP_TIMEOUT").unwrap();
+    let shown = c
+        .effective
+        .iter()
+        .find(|(n, _, _)| *n == "LOOKUP_TIMEOUT")
+        .unwrap();
     assert_eq!(shown.2, f.path().display().to_string());
 }
 
@@ -144,13 +194,23 @@ fn unknown_file_keys_and_bad_files_are_errors() {
         file: Some(f.path().to_owned()),
         env: HashMap::new(),
     };
-    assert!(load(&sources).unwrap_err().to_string().contains("USERLI_TOKEN"));
+    assert!(
+        load(&sources)
+            .unwrap_err()
+            .to_string()
+            .contains("USERLI_TOKEN")
+    );
 
     let sources = Sources {
         file: Some("/nonexistent/adapter.toml".into()),
         env: HashMap::new(),
     };
-    assert!(load(&sources).unwrap_err().to_string().contains("cannot read"));
+    assert!(
+        load(&sources)
+            .unwrap_err()
+            .to_string()
+            .contains("cannot read")
+    );
 
     let mut f = tempfile::NamedTempFile::new().unwrap();
     writeln!(f, "this is = not toml =").unwrap();
@@ -163,12 +223,21 @@ fn unknown_file_keys_and_bad_files_are_errors() {
 
 #[test]
 fn unrelated_environment_is_ignored() {
-    load(&env(&[("USERLI_TOKEN", "t"), ("PATH", "/bin"), ("REDIS_URL", "redis://x")])).unwrap();
+    load(&env(&[
+        ("USERLI_TOKEN", "t"),
+        ("PATH", "/bin"),
+        ("REDIS_URL", "redis://x"),
+    ]))
+    .unwrap();
 }
 
 #[test]
 fn idle_timeout_zero_means_never() {
-    let c = load(&env(&[("USERLI_TOKEN", "t"), ("SOCKETMAP_IDLE_TIMEOUT", "0")])).unwrap();
+    let c = load(&env(&[
+        ("USERLI_TOKEN", "t"),
+        ("SOCKETMAP_IDLE_TIMEOUT", "0"),
+    ]))
+    .unwrap();
     assert_eq!(c.idle_timeout, None);
 }
 

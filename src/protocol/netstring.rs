@@ -147,12 +147,18 @@ mod tests {
             b"18:domain example.com,23:alias alias@example.org,",
         )
         .unwrap();
-        assert_eq!(frames, vec![&b"domain example.com"[..], &b"alias alias@example.org"[..]]);
+        assert_eq!(
+            frames,
+            vec![&b"domain example.com"[..], &b"alias alias@example.org"[..]]
+        );
     }
 
     #[test]
     fn empty_netstring_is_valid() {
-        assert_eq!(decode_all(NetstringDecoder::new(10), b"0:,").unwrap(), vec![Bytes::new()]);
+        assert_eq!(
+            decode_all(NetstringDecoder::new(10), b"0:,").unwrap(),
+            vec![Bytes::new()]
+        );
     }
 
     #[test]
@@ -205,7 +211,10 @@ mod tests {
             decode_all(decoder, b"999999999"),
             Err(NetstringError::TooLong { max: 10_000 })
         );
-        assert_eq!(decode_all(decoder, b"10001"), Err(NetstringError::TooLong { max: 10_000 }));
+        assert_eq!(
+            decode_all(decoder, b"10001"),
+            Err(NetstringError::TooLong { max: 10_000 })
+        );
         assert_eq!(decode_all(decoder, b"10000:"), Ok(vec![]));
         // An absurd number of digits must not overflow.
         assert_eq!(

@@ -48,7 +48,10 @@ pub fn parse_request(payload: &[u8]) -> Result<Request<'_>, InvalidRequest> {
         .position(|b| !b.is_ascii_whitespace())
         .ok_or(InvalidRequest)?;
     let payload = &payload[start..];
-    let space = payload.iter().position(|&b| b == b' ').ok_or(InvalidRequest)?;
+    let space = payload
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(InvalidRequest)?;
     let map = std::str::from_utf8(&payload[..space]).map_err(|_| InvalidRequest)?;
     let key = trim_ascii_end(&payload[space + 1..]);
     Ok(Request { map, key })
@@ -147,7 +150,13 @@ mod tests {
 
     #[test]
     fn malformed_requests_are_rejected() {
-        for bad in [&b""[..], b"   ", b"invalidrequest", b"alias\tkey", b"\xff\xfe x"] {
+        for bad in [
+            &b""[..],
+            b"   ",
+            b"invalidrequest",
+            b"alias\tkey",
+            b"\xff\xfe x",
+        ] {
             assert_eq!(parse_request(bad), Err(InvalidRequest), "{bad:?}");
         }
     }

@@ -93,7 +93,9 @@ pub async fn bind(addr: &ListenAddr, mode: u32) -> Result<Vec<BoundListener>, Bi
                 // No IPv6 on this host: all IPv4 interfaces is what `:port` means then.
                 Err(e) if is_no_ipv6(&e) => {
                     let v4: SocketAddr = (std::net::Ipv4Addr::UNSPECIFIED, *port).into();
-                    Ok(vec![BoundListener::Tcp(bind_tcp(v4, false).map_err(io_err)?)])
+                    Ok(vec![BoundListener::Tcp(
+                        bind_tcp(v4, false).map_err(io_err)?,
+                    )])
                 }
                 Err(e) => Err(io_err(e)),
             }
@@ -124,7 +126,10 @@ pub async fn bind(addr: &ListenAddr, mode: u32) -> Result<Vec<BoundListener>, Bi
 }
 
 fn is_no_ipv6(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(97 /* EAFNOSUPPORT */) | Some(99 /* EADDRNOTAVAIL */))
+    matches!(
+        e.raw_os_error(),
+        Some(97 /* EAFNOSUPPORT */) | Some(99 /* EADDRNOTAVAIL */)
+    )
 }
 
 fn bind_tcp(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
@@ -170,10 +175,10 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
 /// Removes the socket files of UNIX listeners (at shutdown).
 pub fn remove_unix_sockets(listeners: &[BoundListener]) {
     for l in listeners {
-        if let BoundListener::Unix(_, path) = l {
-            if let Err(e) = std::fs::remove_file(path) {
-                tracing::debug!(path = %path.display(), error = %e, "could not remove socket file");
-            }
+        if let BoundListener::Unix(_, path) = l
+            && let Err(e) = std::fs::remove_file(path)
+        {
+            tracing::debug!(path = %path.display(), error = %e, "could not remove socket file");
         }
     }
 }
@@ -225,7 +230,9 @@ mod tests {
         // A regular file: never deleted.
         let file = dir.path().join("data.sock");
         std::fs::write(&file, "keep me").unwrap();
-        let err = bind(&ListenAddr::Unix(file.clone()), 0o660).await.unwrap_err();
+        let err = bind(&ListenAddr::Unix(file.clone()), 0o660)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("not a socket"), "{err}");
         assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
     }

@@ -109,7 +109,11 @@ pub async fn accept_loop<H: ConnectionHandler>(
         let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
             ctx.metrics.connection_pool_full.inc();
             if let Some(suppressed) = full_log.allow() {
-                tracing::warn!(service = ctx.service, similar_warnings_suppressed = suppressed, "Connection pool full, rejecting connection");
+                tracing::warn!(
+                    service = ctx.service,
+                    similar_warnings_suppressed = suppressed,
+                    "Connection pool full, rejecting connection"
+                );
             }
             drop(stream);
             continue;

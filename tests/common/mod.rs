@@ -64,7 +64,9 @@ pub async fn start_with_metrics(
     backend: Arc<dyn LookupBackend>,
     metrics: Metrics,
 ) -> Running {
-    let server = Server::bind(config, backend, metrics.clone()).await.unwrap();
+    let server = Server::bind(config, backend, metrics.clone())
+        .await
+        .unwrap();
     let socketmap = server.socketmap_addrs()[0].clone();
     let LocalAddr::Tcp(http) = server.http_addrs()[0].clone() else {
         panic!("metrics listener is TCP in tests")
@@ -154,7 +156,10 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out[9..12].parse().unwrap();
-    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -185,7 +190,10 @@ impl Adapter {
         let stdout = child.stdout.take().unwrap();
         let (tx, lines) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
                 if tx.send(line).is_err() {
                     break;
                 }
@@ -195,7 +203,9 @@ impl Adapter {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while socketmap.is_none() || metrics.is_none() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let line = lines.recv_timeout(left).expect("adapter reports its listeners");
+            let line = lines
+                .recv_timeout(left)
+                .expect("adapter reports its listeners");
             let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
             let addr = v["addr"].as_str().map(str::to_owned);
             match v["message"].as_str() {

@@ -102,7 +102,10 @@ mod tests {
     #[test]
     fn rejects_shapes_that_are_no_mailbox() {
         assert_eq!(Address::parse("example.org"), Err(AddressError::MissingAt));
-        assert_eq!(Address::parse("@example.org"), Err(AddressError::EmptyLocalPart));
+        assert_eq!(
+            Address::parse("@example.org"),
+            Err(AddressError::EmptyLocalPart)
+        );
         assert_eq!(Address::parse("user@"), Err(AddressError::EmptyDomain));
         assert_eq!(Address::parse(""), Err(AddressError::MissingAt));
         assert_eq!(Address::parse("a b@x"), Err(AddressError::InvalidCharacter));

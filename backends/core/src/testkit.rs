@@ -22,17 +22,37 @@ pub async fn assert_basic_dataset(backend: &dyn LookupBackend) {
             "domain {domain} should exist"
         );
     }
-    assert!(!backend.domain_exists("example.net").await.expect("domain lookup"));
+    assert!(
+        !backend
+            .domain_exists("example.net")
+            .await
+            .expect("domain lookup")
+    );
 
-    for mailbox in ["user@example.org", "user2@example.org", "spam@example.org", "domain@example.com"] {
+    for mailbox in [
+        "user@example.org",
+        "user2@example.org",
+        "spam@example.org",
+        "domain@example.com",
+    ] {
         assert!(
-            backend.mailbox_exists(&addr(mailbox)).await.expect("mailbox lookup"),
+            backend
+                .mailbox_exists(&addr(mailbox))
+                .await
+                .expect("mailbox lookup"),
             "mailbox {mailbox} should exist"
         );
     }
-    for not_mailbox in ["deleted@example.org", "alias@example.org", "nobody@example.org"] {
+    for not_mailbox in [
+        "deleted@example.org",
+        "alias@example.org",
+        "nobody@example.org",
+    ] {
         assert!(
-            !backend.mailbox_exists(&addr(not_mailbox)).await.expect("mailbox lookup"),
+            !backend
+                .mailbox_exists(&addr(not_mailbox))
+                .await
+                .expect("mailbox lookup"),
             "{not_mailbox} should not be a mailbox"
         );
     }
@@ -44,17 +64,32 @@ pub async fn assert_basic_dataset(backend: &dyn LookupBackend) {
             "alias {alias}"
         );
     }
-    for not_alias in ["user@example.org", "postmaster@example.org", "postmaster@unmanaged.org"] {
+    for not_alias in [
+        "user@example.org",
+        "postmaster@example.org",
+        "postmaster@unmanaged.org",
+    ] {
         assert!(
-            backend.aliases(&addr(not_alias)).await.expect("alias lookup").is_empty(),
+            backend
+                .aliases(&addr(not_alias))
+                .await
+                .expect("alias lookup")
+                .is_empty(),
             "{not_alias} should not be an alias"
         );
     }
 
-    let senders = |s: &'static str| async move { backend.senders(&addr(s)).await.expect("senders lookup") };
+    let senders =
+        |s: &'static str| async move { backend.senders(&addr(s)).await.expect("senders lookup") };
     assert_eq!(senders("user@example.org").await, vec!["user@example.org"]);
-    assert_eq!(senders("user2@example.org").await, vec!["user2@example.org"]);
-    assert_eq!(senders("alias@example.org").await, vec!["user2@example.org"]);
+    assert_eq!(
+        senders("user2@example.org").await,
+        vec!["user2@example.org"]
+    );
+    assert_eq!(
+        senders("alias@example.org").await,
+        vec!["user2@example.org"]
+    );
     assert!(senders("deleted@example.org").await.is_empty());
     assert!(senders("nobody@example.org").await.is_empty());
 }

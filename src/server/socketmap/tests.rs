@@ -113,7 +113,10 @@ async fn answers_every_map_with_upstream_strings() {
     let mut h = harness(limits());
     let cases = [
         ("alias alias@example.org", "OK a@example.org,b@example.org"),
-        ("alias Alias+Tag@Example.ORG", "OK a@example.org,b@example.org"),
+        (
+            "alias Alias+Tag@Example.ORG",
+            "OK a@example.org,b@example.org",
+        ),
         ("alias nobody@example.org", "NOTFOUND"),
         ("alias empty@example.org", "NOTFOUND"),
         ("domain example.org", "OK 1"),
@@ -156,12 +159,18 @@ async fn keys_that_cannot_be_addresses_never_reach_the_backend() {
 async fn slow_backend_answers_temp_within_the_deadline() {
     let mut h = harness(limits());
     let started = Instant::now();
-    assert_eq!(ask(&mut h, "alias slow@example.org").await, "TEMP Error fetching aliases");
+    assert_eq!(
+        ask(&mut h, "alias slow@example.org").await,
+        "TEMP Error fetching aliases"
+    );
     assert!(started.elapsed() < Duration::from_secs(2));
     // The connection stays usable.
     assert_eq!(ask(&mut h, "domain example.org").await, "OK 1");
     let text = h.metrics.render();
-    assert!(text.contains("backend_errors_total{handler=\"alias\",kind=\"timeout\"} 1"), "{text}");
+    assert!(
+        text.contains("backend_errors_total{handler=\"alias\",kind=\"timeout\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -194,7 +203,11 @@ async fn framing_error_closes_only_that_connection_without_reply() {
     h.client.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty(), "no reply to a bad frame: {rest:?}");
     h.task.await.unwrap();
-    assert!(h.metrics.render().contains("socketmap_framing_errors_total{reason=\"framing\"} 1"));
+    assert!(
+        h.metrics
+            .render()
+            .contains("socketmap_framing_errors_total{reason=\"framing\"} 1")
+    );
 }
 
 #[tokio::test]
