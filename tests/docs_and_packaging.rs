@@ -1,0 +1,127 @@
+//! Keeps the README, Dockerfile and compose file true to the code.
+
+use std::path::Path;
+
+use userli_postfix_adapter::config::settings::{SETTINGS, reference_markdown};
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+#[test]
+fn readme_configuration_reference_is_current() {
+    let readme = read("README.md");
+    let start = readme
+        .find("<!-- config-reference:start -->\n")
+        .expect("start marker")
+        + 32;
+    let end = readme
+        .find("<!-- config-reference:end -->")
+        .expect("end marker");
+    assert_eq!(
+        &readme[start..end],
+        reference_markdown(),
+        "README reference is stale: regenerate it with `userli-postfix-adapter config-reference`"
+    );
+}
+
+#[test]
+fn readme_first_screen_has_the_two_setup_commands() {
+    let readme = read("README.md");
+    let first_screen: String = readme.lines().take(25).collect::<Vec<_>>().join("\n");
+    assert!(first_screen.contains("./scripts/demo.sh"));
+    assert!(first_screen.contains("./scripts/test.sh"));
+    let test_script = read("scripts/test.sh");
+    assert!(test_script.contains("--include-ignored"));
+    assert!(read(".ci/run").contains("scripts/test.sh"));
+}
+
+#[test]
+fn readme_lists_every_metric_the_engine_exports() {
+    let readme = read("README.md");
+    let metrics = userli_postfix_adapter::metrics::Metrics::new().unwrap();
+    // Touch the labelled families so they are exported.
+    metrics
+        .requests_total
+        .with_label_values(&["alias", "success"])
+        .inc();
+    metrics.request_histogram("alias", "success").observe(0.1);
+    metrics.framing_errors.with_label_values(&["framing"]).inc();
+    metrics
+        .backend_errors
+        .with_label_values(&["alias", "timeout"])
+        .inc();
+    metrics.reloads.with_label_values(&["success"]).inc();
+    metrics.build_info.with_label_values(&["0", "x"]).set(1);
+    for family in metrics.registry().gather() {
+        let name = family.name();
+        if name.starts_with("process_") {
+            continue;
+        }
+        assert!(
+            readme.contains(&format!("`{name}`")),
+            "README misses metric {name}"
+        );
+    }
+}
+
+#[test]
+fn compose_uses_only_known_settings() {
+    let compose = read("docker-compose.yml");
+    let mut in_env = false;
+    for line in compose.lines() {
+        let trimmed = line.trim_start();
+        let indent = line.len() - trimmed.len();
+        if trimmed.starts_with("environment:") {
+            in_env = true;
+            continue;
+        }
+        if in_env && indent <= 4 {
+            in_env = false;
+        }
+        if !in_env {
+            continue;
+        }
+        let Some((key, _)) = trimmed.split_once(':') else {
+            continue;
+        };
+        if key.starts_with("USERLI_")
+            || key.starts_with("SOCKETMAP_")
+            || key.starts_with("LOOKUP_")
+            || key.starts_with("FIXTURE_")
+            || key.starts_with("METRICS_")
+            || key.starts_with("POSTFIX_")
+            || key.starts_with("LOG_")
+        {
+            assert!(
+                SETTINGS.iter().any(|s| s.env == key),
+                "compose sets unknown {key}"
+            );
+        }
+    }
+    assert!(compose.contains("/usr/share/userli-postfix-adapter/demo.toml"));
+}
+
+#[test]
+fn dockerfile_ships_the_binary_as_non_root_with_the_demo_data() {
+    let dockerfile = read("Dockerfile");
+    assert!(dockerfile.contains("target/release/userli-postfix-adapter"));
+    assert!(dockerfile.contains("USER 10001"));
+    assert!(
+        dockerfile.contains(
+            "COPY examples/fixtures/demo.toml /usr/share/userli-postfix-adapter/demo.toml"
+        )
+    );
+    assert!(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/fixtures/demo.toml")
+            .exists()
+    );
+    let version = read("Cargo.toml");
+    assert!(
+        dockerfile.contains("rust:1.95"),
+        "builder image matches the toolchain"
+    );
+    assert!(version.contains("rust-version"));
+}

@@ -1,0 +1,321 @@
+//! A private, throw-away Postfix instance for integration tests, and a swaks driver.
+//!
+//! The instance lives entirely in a tempdir: its own `main.cf`/`master.cf`, queue
+//! and data directories, maillog file, and one smtpd on a free loopback port. The
+//! system instance (`/etc/postfix`, port 25) is never touched: Debian's shared
+//! files (`/usr/lib/postfix`, `/etc/postfix/postfix-files`) are only read.
+//!
+//! `master` runs as our child process (`-s` keeps it in the foreground) rather than
+//! through `postfix start`, so the guard can always signal and reap it. `-e` makes it
+//! exit on its own even if the test process is SIGKILLed and the guard never runs.
+//! Needs root: master and the queue layout insist on it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Upper bound on the life of a master process we started, in seconds.
+const MASTER_EXIT_TIME: &str = "300";
+
+/// A free loopback port: bind port 0 and let the listener go. Racy in theory, in
+/// practice the kernel does not hand the same ephemeral port out again right away.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// A running private Postfix; stopped (and its maillog printed if the test panicked)
+/// on drop.
+pub(crate) struct PrivatePostfix {
+    dir: tempfile::TempDir,
+    master: Child,
+    /// The smtpd listener, on 127.0.0.1.
+    pub(crate) port: u16,
+}
+
+impl PrivatePostfix {
+    /// Starts an instance whose virtual domain, mailbox and alias maps are the
+    /// adapter's socketmap at `socketmap` ("127.0.0.1:PORT"), and waits for its
+    /// SMTP banner.
+    pub(crate) fn start(socketmap: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("private-postfix-")
+            .tempdir()
+            .expect("create a tempdir");
+        // smtpd and friends run as `postfix` and chdir into the queue below; tempdirs
+        // are created 0700.
+        set_mode(dir.path(), 0o755);
+        let etc = dir.path().join("etc");
+        let queue = dir.path().join("queue");
+        std::fs::create_dir(&etc).expect("create config dir");
+        // post-install creates the queue's subdirectories, not the queue itself; it
+        // must be root-owned and not group/other-writable.
+        std::fs::create_dir(&queue).expect("create queue dir");
+        set_mode(&queue, 0o755);
+        let port = free_port();
+        write(&etc.join("main.cf"), &main_cf(dir.path(), socketmap));
+        write(&etc.join("master.cf"), &master_cf(port));
+
+        // `postfix check` runs post-install create-missing (queue subdirectories with
+        // their owners) and postsuper, exactly what `postfix start` would do first.
+        let check = Command::new("postfix")
+            .arg("-c")
+            .arg(&etc)
+            .arg("check")
+            .output()
+            .expect("postfix is installed (apt-get install postfix)");
+        assert!(
+            check.status.success(),
+            "postfix check failed: {}{}\n{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr),
+            std::fs::read_to_string(dir.path().join("maillog")).unwrap_or_default()
+        );
+
+        let daemon_dir = postconf_default("daemon_directory");
+        let master = Command::new(Path::new(&daemon_dir).join("master"))
+            .arg("-c")
+            .arg(&etc)
+            .args(["-s", "-e", MASTER_EXIT_TIME])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the Postfix master");
+        let mut postfix = Self { dir, master, port };
+        postfix.wait_for_banner();
+        postfix
+    }
+
+    /// Everything the instance logged so far.
+    pub(crate) fn maillog(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("maillog")).unwrap_or_default()
+    }
+
+    /// Waits until some maillog line contains every one of `parts`; returns that line.
+    pub(crate) fn wait_for_log(&self, parts: &[&str]) -> String {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(line) = self
+                .maillog()
+                .lines()
+                .find(|line| parts.iter().all(|p| line.contains(p)))
+            {
+                return line.to_owned();
+            }
+            assert!(Instant::now() < deadline, "no maillog line containing all of {parts:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs swaks against the instance with `args` added to the connection options.
+    pub(crate) fn swaks(&self, args: &[&str]) -> Transcript {
+        let out = Command::new("swaks")
+            .args(["--server", "127.0.0.1", "--port", &self.port.to_string()])
+            // A fixed HELO and sender keep swaks from consulting the local hostname and
+            // keep the sender out of the hosted domains.
+            .args(["--helo", "client.test", "--from", "sender@example.net"])
+            .args(["--timeout", "30"])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("swaks is installed (apt-get install swaks)");
+        Transcript {
+            exit: out.status.code(),
+            text: format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    /// One SMTP transaction that stops after a single RCPT TO.
+    pub(crate) fn rcpt(&self, to: &str) -> Transcript {
+        self.swaks(&["--to", to, "--quit-after", "RCPT"])
+    }
+
+    /// The master must have bound the smtpd port before it reports anything, so
+    /// reading a 220 banner proves master, smtpd and the config all work.
+    fn wait_for_banner(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.master.try_wait().expect("poll the master") {
+                panic!("Postfix master exited early ({status}):\n{}", self.maillog());
+            }
+            if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .expect("set a read timeout");
+                let mut banner = String::new();
+                let _ = BufReader::new(&stream).read_line(&mut banner);
+                let _ = (&stream).write_all(b"QUIT\r\n");
+                if banner.starts_with("220 ") {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no SMTP banner from the private Postfix:\n{}",
+                self.maillog()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for PrivatePostfix {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- private Postfix maillog ---\n{}--- end of maillog ---", self.maillog());
+        }
+        // SIGTERM, not SIGKILL: on SIGTERM the master also terminates its children,
+        // which would otherwise linger until they notice the master is gone.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.master.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.master.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.master.kill();
+        let _ = self.master.wait();
+    }
+}
+
+/// What swaks printed and how it exited.
+pub(crate) struct Transcript {
+    /// swaks' exit code: 0 all accepted, 24 no RCPT accepted, 26 DATA refused, ...
+    pub(crate) exit: Option<i32>,
+    /// The whole session transcript.
+    pub(crate) text: String,
+}
+
+impl Transcript {
+    /// The server's reply to the first command that starts with `command`
+    /// (e.g. "RCPT TO:", "." for end of DATA), without swaks' arrow prefix.
+    pub(crate) fn reply_to(&self, command: &str) -> &str {
+        let mut lines = self.text.lines();
+        lines
+            .by_ref()
+            .find(|l| l.strip_prefix(" -> ").is_some_and(|c| c.starts_with(command)))
+            .unwrap_or_else(|| panic!("swaks never sent {command:?}:\n{}", self.text));
+        // Server lines are "<-  250 ..." when swaks expected the code, "<** 550 ..."
+        // when it did not.
+        lines
+            .find(|l| l.starts_with("<-") || l.starts_with("<**"))
+            .map(|l| l.trim_start_matches(['<', '-', '*']).trim_start())
+            .unwrap_or_else(|| panic!("no reply to {command:?}:\n{}", self.text))
+    }
+
+    /// The reply to the (single) RCPT TO.
+    pub(crate) fn rcpt_reply(&self) -> &str {
+        self.reply_to("RCPT TO:")
+    }
+}
+
+fn main_cf(dir: &Path, socketmap: &str) -> String {
+    let dir = dir.display();
+    let map = |name: &str| format!("socketmap:inet:{socketmap}:{name}");
+    let (domain, mailbox, alias) = (map("domain"), map("mailbox"), map("alias"));
+    let (shlib, meta, daemon, command) = (
+        postconf_default("shlib_directory"),
+        postconf_default("meta_directory"),
+        postconf_default("daemon_directory"),
+        postconf_default("command_directory"),
+    );
+    format!(
+        "\
+compatibility_level = 3.6
+queue_directory = {dir}/queue
+data_directory = {dir}/data
+shlib_directory = {shlib}
+meta_directory = {meta}
+daemon_directory = {daemon}
+command_directory = {command}
+mail_owner = postfix
+setgid_group = postdrop
+# Log to a file we can print when a test fails; postlogd only writes under a
+# listed prefix.
+maillog_file = {dir}/maillog
+maillog_file_prefixes = {dir}
+syslog_name = postfix-test
+myhostname = postfix-test.invalid
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+# Nothing is local, so every accepted recipient goes through the virtual maps.
+mydestination =
+local_recipient_maps =
+alias_maps =
+alias_database =
+# Loopback must NOT be trusted, or permit_mynetworks would relay anything.
+mynetworks = 192.0.2.0/24
+biff = no
+recipient_delimiter = +
+virtual_mailbox_domains = {domain}
+virtual_mailbox_maps = {mailbox}
+virtual_alias_maps = {alias}
+# virtual(8) refuses socketmaps (dict flag NO_UNAUTH); nothing should be delivered
+# anyway, so accepted mail is discarded.
+virtual_transport = discard:
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_reject_unlisted_recipient = yes
+"
+    )
+}
+
+/// Only the services an smtpd-to-discard path needs, none chrooted (the tempdir
+/// queue has no chroot environment).
+fn master_cf(port: u16) -> String {
+    format!(
+        "\
+127.0.0.1:{port} inet n - n - - smtpd
+pickup    unix  n  -  n  60    1  pickup
+cleanup   unix  n  -  n  -     0  cleanup
+qmgr      unix  n  -  n  300   1  qmgr
+rewrite   unix  -  -  n  -     -  trivial-rewrite
+bounce    unix  -  -  n  -     0  bounce
+defer     unix  -  -  n  -     0  bounce
+trace     unix  -  -  n  -     0  bounce
+verify    unix  -  -  n  -     1  verify
+flush     unix  n  -  n  1000? 0  flush
+proxymap  unix  -  -  n  -     -  proxymap
+showq     unix  n  -  n  -     -  showq
+error     unix  -  -  n  -     -  error
+retry     unix  -  -  n  -     -  error
+discard   unix  -  -  n  -     -  discard
+anvil     unix  -  -  n  -     1  anvil
+scache    unix  -  -  n  -     1  scache
+postlog   unix-dgram n - n - 1 postlogd
+"
+    )
+}
+
+/// A compiled-in default, so the instance uses wherever this distribution put
+/// Postfix's programs and shared files.
+fn postconf_default(name: &str) -> String {
+    let out = Command::new("postconf")
+        .args(["-d", "-h", name])
+        .output()
+        .expect("postconf is installed (apt-get install postfix)");
+    assert!(out.status.success(), "postconf -d {name}");
+    String::from_utf8(out.stdout).expect("UTF-8 postconf output").trim().to_owned()
+}
+
+fn write(path: &PathBuf, text: &str) {
+    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
