@@ -40,9 +40,11 @@ pub fn build_backend(
                 .as_ref()
                 .ok_or(BuildError::Missing("USERLI_TOKEN is required"))?;
             let mut userli = UserliConfig::new(config.userli_base_url.clone(), token.expose());
-            // The engine's deadline is the real limit; the client's own timeout only
-            // has to be slightly longer so the engine's TEMP wins the race.
-            userli.timeout = config.lookup_timeout + std::time::Duration::from_millis(500);
+            // Callers get their answer (or stale, or TEMP) at the engine's deadline;
+            // the request itself may run a little longer so a slow but alive userli
+            // still fills the cache.
+            userli.timeout = crate::backend_call_timeout(config);
+            userli.max_idle_per_host = config.backend_max_concurrency;
             let backend = UserliBackend::new(userli, Some(metrics.registry()))
                 .map_err(|e| BuildError::Backend(e.to_string()))?;
             Ok(Arc::new(backend))

@@ -15,6 +15,7 @@ use axum::routing::any;
 use postfix_adapter_backend::{BackendError, LookupBackend};
 
 use crate::metrics::Metrics;
+use crate::resilience::{BreakerState, CircuitBreaker};
 
 /// How long `/ready` waits for the backend's health check (upstream: 2 s).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -46,6 +47,8 @@ pub struct HttpState {
     pub backend: Arc<dyn LookupBackend>,
     /// Listener and shutdown state.
     pub readiness: Arc<Readiness>,
+    /// The backend circuit breaker; open means not ready.
+    pub breaker: Option<Arc<CircuitBreaker>>,
 }
 
 /// The router; testable without sockets.
@@ -92,6 +95,12 @@ async fn ready(State(state): State<HttpState>) -> Response {
     }
     if !state.readiness.listening.load(Ordering::SeqCst) {
         return unavailable("listeners not started".into());
+    }
+    if let Some(breaker) = &state.breaker
+        && breaker.state() == BreakerState::Open
+    {
+        state.metrics.health_check_status.set(0);
+        return unavailable("circuit breaker open: the backend keeps failing".into());
     }
     let result = tokio::time::timeout(READY_TIMEOUT, state.backend.health())
         .await
@@ -163,6 +172,7 @@ mod tests {
             metrics: Metrics::new().unwrap(),
             backend: Arc::new(backend),
             readiness,
+            breaker: None,
         }
     }
 

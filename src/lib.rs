@@ -19,6 +19,7 @@
 //! ```
 
 pub mod backend;
+pub mod cache;
 pub mod config;
 pub mod http;
 mod log_throttle;
@@ -26,6 +27,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod normalize;
 pub mod protocol;
+pub mod resilience;
 pub mod server;
 
 pub use postfix_adapter_backend as backend_api;
@@ -33,12 +35,15 @@ pub use postfix_adapter_backend::LookupBackend;
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cache::{CacheSettings, CachedBackend};
 use crate::config::Config;
+use crate::resilience::{CircuitBreaker, GuardedBackend};
 use crate::http::{HttpState, Readiness};
 use crate::lookup::LookupService;
 use crate::metrics::Metrics;
@@ -54,6 +59,7 @@ pub struct Server {
     config: Config,
     metrics: Metrics,
     service: Arc<LookupService>,
+    breaker: Arc<CircuitBreaker>,
     readiness: Arc<Readiness>,
     socketmap: Vec<BoundListener>,
     http: Vec<BoundListener>,
@@ -90,16 +96,20 @@ impl Server {
                 return Err(e);
             }
         };
+        let (backend, breaker) = protect(backend, &config, &metrics);
+        // The cache keeps the deadline itself (to answer stale in time); this outer
+        // one is only a safety net.
         let service = Arc::new(LookupService::new(
             backend,
             Normalizer::new(&config.recipient_delimiter),
-            config.lookup_timeout,
+            config.lookup_timeout + Duration::from_millis(250),
             metrics.clone(),
         ));
         Ok(Self {
             config,
             metrics,
             service,
+            breaker,
             readiness: Arc::new(Readiness::default()),
             socketmap,
             http,
@@ -119,7 +129,9 @@ impl Server {
         self.http.iter().map(BoundListener::local_addr).collect()
     }
 
-    /// The backend lookups go to.
+    /// The backend lookups go to: the configured one behind the breaker, the
+    /// concurrency limit and the cache. Reload through this one so the cache is
+    /// cleared too.
     pub fn backend(&self) -> Arc<dyn LookupBackend> {
         self.service.backend().clone()
     }
@@ -132,6 +144,7 @@ impl Server {
             config,
             metrics,
             service,
+            breaker,
             readiness,
             socketmap,
             http,
@@ -176,6 +189,7 @@ impl Server {
             metrics: metrics.clone(),
             backend: service.backend().clone(),
             readiness: readiness.clone(),
+            breaker: Some(breaker),
         };
         let http_stop = CancellationToken::new();
         let mut http_tasks = Vec::new();
@@ -230,4 +244,44 @@ impl Server {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
     }
+}
+
+/// How long a backend call may run in the background after callers gave up, so a
+/// slow but alive backend still fills the cache for the next lookup.
+pub fn backend_call_timeout(config: &Config) -> Duration {
+    config.lookup_timeout * 2
+}
+
+/// Wraps `backend` in the breaker, the concurrency limit and the cache, in that
+/// order from the inside out.
+fn protect(
+    backend: Arc<dyn LookupBackend>,
+    config: &Config,
+    metrics: &Metrics,
+) -> (Arc<dyn LookupBackend>, Arc<CircuitBreaker>) {
+    let breaker = Arc::new(CircuitBreaker::new(
+        config.breaker_failures,
+        config.breaker_cooldown,
+        metrics.breaker_state.clone(),
+    ));
+    let guarded = Arc::new(GuardedBackend::new(
+        backend,
+        breaker.clone(),
+        config.backend_max_concurrency,
+        metrics.backend_in_flight.clone(),
+    ));
+    let settings = CacheSettings {
+        positive_ttl: config.cache_ttl,
+        negative_ttl: config.negative_cache_ttl,
+        stale_ttl: config.cache_stale_ttl,
+        max_entries: config.cache_size,
+        deadline: config.lookup_timeout,
+        call_timeout: backend_call_timeout(config),
+    };
+    let cached = Arc::new(CachedBackend::new(
+        guarded,
+        settings,
+        metrics.lookup_cache.clone(),
+    ));
+    (cached, breaker)
 }

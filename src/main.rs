@@ -140,7 +140,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
-    let reload_backend = backend.clone();
+    let reload_backend = server.backend();
     let reload_metrics = metrics.clone();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {

@@ -46,6 +46,13 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `userli_postfix_adapter_build_info{version,backend}` (new): always 1.
     pub build_info: IntGaugeVec,
+    /// `userli_postfix_adapter_lookup_cache_total{handler,result}` (upstream, more
+    /// results): `hit`, `negative_hit`, `miss`, `coalesced`, `stale`, `error`.
+    pub lookup_cache: IntCounterVec,
+    /// `userli_postfix_adapter_circuit_breaker_state` (new): 0 closed, 1 open, 2 half-open.
+    pub breaker_state: IntGauge,
+    /// `userli_postfix_adapter_backend_in_flight` (new): backend calls in progress.
+    pub backend_in_flight: IntGauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,8 +128,23 @@ impl Metrics {
                 opts("build_info", "Version and backend of the running adapter"),
                 &["version", "backend"],
             )?,
+            lookup_cache: IntCounterVec::new(
+                opts("lookup_cache_total", "Lookup cache outcomes"),
+                &["handler", "result"],
+            )?,
+            breaker_state: IntGauge::with_opts(opts(
+                "circuit_breaker_state",
+                "Backend circuit breaker: 0 closed, 1 open, 2 half-open",
+            ))?,
+            backend_in_flight: IntGauge::with_opts(opts(
+                "backend_in_flight",
+                "Backend calls in progress",
+            ))?,
             registry,
         };
+        m.registry.register(Box::new(m.lookup_cache.clone()))?;
+        m.registry.register(Box::new(m.breaker_state.clone()))?;
+        m.registry.register(Box::new(m.backend_in_flight.clone()))?;
         m.registry.register(Box::new(m.request_duration.clone()))?;
         m.registry.register(Box::new(m.requests_total.clone()))?;
         m.registry

@@ -167,6 +167,20 @@ pub struct Config {
     pub unix_socket_mode: u32,
     /// `SHUTDOWN_GRACE_PERIOD`.
     pub shutdown_grace: Duration,
+    /// `LOOKUP_CACHE_TTL`; zero disables the cache.
+    pub cache_ttl: Duration,
+    /// `LOOKUP_NEGATIVE_CACHE_TTL`.
+    pub negative_cache_ttl: Duration,
+    /// `LOOKUP_CACHE_STALE_TTL`.
+    pub cache_stale_ttl: Duration,
+    /// `LOOKUP_CACHE_SIZE`.
+    pub cache_size: u64,
+    /// `BACKEND_MAX_CONCURRENT_REQUESTS`.
+    pub backend_max_concurrency: usize,
+    /// `CIRCUIT_BREAKER_FAILURES`; zero disables the breaker.
+    pub breaker_failures: u32,
+    /// `CIRCUIT_BREAKER_COOLDOWN`.
+    pub breaker_cooldown: Duration,
     /// The effective value and origin of every setting, secrets redacted, for
     /// `check-config`.
     pub effective: Vec<(&'static str, String, String)>,
@@ -509,6 +523,20 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         Ok(n)
     };
     let max_request_size = number("SOCKETMAP_MAX_REQUEST_SIZE", 64, 1 << 20)?;
+    let cache_ttl = duration("LOOKUP_CACHE_TTL")?;
+    let negative_cache_ttl = duration("LOOKUP_NEGATIVE_CACHE_TTL")?;
+    let cache_stale_ttl = duration("LOOKUP_CACHE_STALE_TTL")?;
+    let cache_size = number("LOOKUP_CACHE_SIZE", 0, 100_000_000)? as u64;
+    let backend_max_concurrency = number("BACKEND_MAX_CONCURRENT_REQUESTS", 1, 100_000)?;
+    let breaker_failures = number("CIRCUIT_BREAKER_FAILURES", 0, 1_000_000)? as u32;
+    let breaker_cooldown = duration("CIRCUIT_BREAKER_COOLDOWN")?;
+    if breaker_cooldown.is_zero() {
+        return Err(ConfigError::setting(
+            "CIRCUIT_BREAKER_COOLDOWN",
+            raw.required("CIRCUIT_BREAKER_COOLDOWN").1,
+            "must be more than 0",
+        ));
+    }
     let max_connections = number("SOCKETMAP_MAX_CONNECTIONS", 1, 1_000_000)?;
 
     let (v, o) = raw.required("UNIX_SOCKET_MODE");
@@ -547,6 +575,13 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         io_timeout,
         unix_socket_mode,
         shutdown_grace,
+        cache_ttl,
+        negative_cache_ttl,
+        cache_stale_ttl,
+        cache_size,
+        backend_max_concurrency,
+        breaker_failures,
+        breaker_cooldown,
         effective,
     })
 }

@@ -109,6 +109,48 @@ pub const SETTINGS: &[Setting] = &[
         "Deadline for one lookup (Go duration syntax, at most `60s`); on expiry Postfix gets `TEMP`. Keep it far below Postfix's 100 s.",
     ),
     s(
+        "LOOKUP_CACHE_TTL",
+        Some("300s"),
+        true,
+        "How long a found answer is served from the in-process cache. `0` disables the cache (no stored answers, no stale answers).",
+    ),
+    s(
+        "LOOKUP_NEGATIVE_CACHE_TTL",
+        Some("30s"),
+        false,
+        "How long a not-found answer is cached: short, so a new mailbox works quickly, but enough that dictionary attacks do not reach the backend once per probe. `0` disables negative caching.",
+    ),
+    s(
+        "LOOKUP_CACHE_STALE_TTL",
+        Some("1h"),
+        false,
+        "When the backend fails or misses the deadline, an expired answer up to this much older than its TTL is served instead of `TEMP`. Trade-off: during an outage a deleted mailbox keeps receiving (and a new one keeps being refused) this long. `0`: never serve stale answers.",
+    ),
+    s(
+        "LOOKUP_CACHE_SIZE",
+        Some("100000"),
+        false,
+        "Most cached answers (all maps together); the least recently useful are evicted beyond it.",
+    ),
+    s(
+        "BACKEND_MAX_CONCURRENT_REQUESTS",
+        Some("64"),
+        false,
+        "Most backend calls (HTTP requests to userli) in flight at once; further lookups wait, within their deadline. Also the size of the HTTP keep-alive pool.",
+    ),
+    s(
+        "CIRCUIT_BREAKER_FAILURES",
+        Some("5"),
+        false,
+        "Consecutive backend failures that open the circuit breaker: lookups then get stale answers or `TEMP` at once, without calling the backend. `0` disables the breaker.",
+    ),
+    s(
+        "CIRCUIT_BREAKER_COOLDOWN",
+        Some("5s"),
+        false,
+        "How long the breaker stays open before one probe call is let through; a successful probe closes it.",
+    ),
+    s(
         "SOCKETMAP_MAX_REQUEST_SIZE",
         Some("16384"),
         false,

@@ -12,7 +12,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -107,7 +107,10 @@ impl PrivatePostfix {
             {
                 return line.to_owned();
             }
-            assert!(Instant::now() < deadline, "no maillog line containing all of {parts:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no maillog line containing all of {parts:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -145,7 +148,10 @@ impl PrivatePostfix {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.master.try_wait().expect("poll the master") {
-                panic!("Postfix master exited early ({status}):\n{}", self.maillog());
+                panic!(
+                    "Postfix master exited early ({status}):\n{}",
+                    self.maillog()
+                );
             }
             if let Ok(stream) = TcpStream::connect(("127.0.0.1", self.port)) {
                 stream
@@ -171,7 +177,10 @@ impl PrivatePostfix {
 impl Drop for PrivatePostfix {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- private Postfix maillog ---\n{}--- end of maillog ---", self.maillog());
+            eprintln!(
+                "--- private Postfix maillog ---\n{}--- end of maillog ---",
+                self.maillog()
+            );
         }
         // SIGTERM, not SIGKILL: on SIGTERM the master also terminates its children,
         // which would otherwise linger until they notice the master is gone.
@@ -205,7 +214,10 @@ impl Transcript {
         let mut lines = self.text.lines();
         lines
             .by_ref()
-            .find(|l| l.strip_prefix(" -> ").is_some_and(|c| c.starts_with(command)))
+            .find(|l| {
+                l.strip_prefix(" -> ")
+                    .is_some_and(|c| c.starts_with(command))
+            })
             .unwrap_or_else(|| panic!("swaks never sent {command:?}:\n{}", self.text));
         // Server lines are "<-  250 ..." when swaks expected the code, "<** 550 ..."
         // when it did not.
@@ -307,11 +319,22 @@ fn postconf_default(name: &str) -> String {
         .output()
         .expect("postconf is installed (apt-get install postfix)");
     assert!(out.status.success(), "postconf -d {name}");
-    String::from_utf8(out.stdout).expect("UTF-8 postconf output").trim().to_owned()
+    String::from_utf8(out.stdout)
+        .expect("UTF-8 postconf output")
+        .trim()
+        .to_owned()
 }
 
-fn write(path: &PathBuf, text: &str) {
-    std::fs::write(path, text).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+/// Writes a config file, backdated: Postfix treats a file modified within the last
+/// second as still being edited and re-reads it after 300 ms sleeps, which costs
+/// about 1.5 s per fresh file and command.
+fn write(path: &Path, text: &str) {
+    let file = std::fs::File::create(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()).map(|()| f))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let past = std::time::SystemTime::now() - Duration::from_secs(60);
+    file.set_modified(past)
+        .unwrap_or_else(|e| panic!("backdate {}: {e}", path.display()));
 }
 
 fn set_mode(path: &Path, mode: u32) {

@@ -1,0 +1,317 @@
+//! An in-process answer cache with request coalescing, negative caching and
+//! stale-on-error, independent of what is cached (socketmap answers now, quota
+//! answers for the policy server later).
+//!
+//! Every [`AnswerCache::get`] returns within its deadline with, in order of
+//! preference: a fresh entry, the backend's answer, an expired entry that is still
+//! within the stale window (only when the backend failed or was too slow), or the
+//! error. Backend calls run in their own task, so a caller that gives up (deadline,
+//! disconnected client) never cancels the call others are waiting for, and the
+//! answer still lands in the cache.
+
+mod backend;
+
+pub use backend::CachedBackend;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use postfix_adapter_backend::BackendError;
+use prometheus::IntCounterVec;
+use tokio::sync::watch;
+
+/// Cache settings.
+#[derive(Debug, Clone, Copy)]
+pub struct CacheSettings {
+    /// How long a positive answer is fresh; zero disables storing answers at all.
+    pub positive_ttl: Duration,
+    /// How long a negative answer (not found) is fresh; zero: never stored.
+    pub negative_ttl: Duration,
+    /// How long past freshness an entry may still be served when the backend fails.
+    pub stale_ttl: Duration,
+    /// Most entries kept; the least useful are evicted beyond it.
+    pub max_entries: u64,
+    /// How long a caller waits for an answer.
+    pub deadline: Duration,
+    /// How long a backend call may run in the background, past the callers' deadline,
+    /// to fill the cache for the next lookup.
+    pub call_timeout: Duration,
+}
+
+impl CacheSettings {
+    /// Whether answers are stored at all.
+    pub fn enabled(&self) -> bool {
+        !self.positive_ttl.is_zero() && self.max_entries > 0
+    }
+}
+
+/// A value the cache can hold.
+pub trait Cacheable: Clone + Send + Sync + 'static {
+    /// Whether this is a "not found" answer (cached with the negative TTL).
+    fn is_negative(&self) -> bool;
+}
+
+impl Cacheable for bool {
+    fn is_negative(&self) -> bool {
+        !*self
+    }
+}
+
+impl Cacheable for Vec<String> {
+    fn is_negative(&self) -> bool {
+        self.iter().all(String::is_empty)
+    }
+}
+
+#[derive(Clone)]
+struct Entry<V> {
+    value: V,
+    stored: Instant,
+}
+
+/// moka expiry: an entry lives for its freshness plus the stale window, so it is
+/// still there to be served when the backend fails.
+struct EntryExpiry {
+    positive: Duration,
+    negative: Duration,
+}
+
+impl EntryExpiry {
+    fn lifetime<V: Cacheable>(&self, entry: &Entry<V>) -> Duration {
+        if entry.value.is_negative() {
+            self.negative
+        } else {
+            self.positive
+        }
+    }
+}
+
+impl<K, V: Cacheable> moka::Expiry<K, Entry<V>> for EntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &K,
+        value: &Entry<V>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(self.lifetime(value))
+    }
+
+    // A refreshed answer starts a new lifetime; moka's default would keep the old one.
+    fn expire_after_update(
+        &self,
+        _key: &K,
+        value: &Entry<V>,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.lifetime(value))
+    }
+}
+
+/// A backend failure as shared between coalesced waiters (errors are not `Clone`).
+type SharedResult<V> = Result<V, Arc<BackendError>>;
+
+/// Cache outcomes, the `result` label of `lookup_cache_total`.
+mod outcome {
+    pub(super) const HIT: &str = "hit";
+    pub(super) const NEGATIVE_HIT: &str = "negative_hit";
+    pub(super) const MISS: &str = "miss";
+    pub(super) const COALESCED: &str = "coalesced";
+    pub(super) const STALE: &str = "stale";
+    pub(super) const ERROR: &str = "error";
+}
+
+/// The cache for one kind of answer `V` under keys `K`.
+pub struct AnswerCache<K, V> {
+    entries: Option<moka::sync::Cache<K, Entry<V>>>,
+    inflight: Mutex<HashMap<K, watch::Receiver<Option<SharedResult<V>>>>>,
+    settings: CacheSettings,
+    counter: IntCounterVec,
+}
+
+impl<K, V> std::fmt::Debug for AnswerCache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswerCache")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K, V> AnswerCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Cacheable,
+{
+    /// A cache counting its outcomes on `counter` (labels `handler`, `result`).
+    pub fn new(settings: CacheSettings, counter: IntCounterVec) -> Self {
+        let entries = settings.enabled().then(|| {
+            let negative = if settings.negative_ttl.is_zero() {
+                Duration::ZERO
+            } else {
+                settings.negative_ttl + settings.stale_ttl
+            };
+            moka::sync::Cache::builder()
+                .max_capacity(settings.max_entries)
+                .expire_after(EntryExpiry {
+                    positive: settings.positive_ttl + settings.stale_ttl,
+                    negative,
+                })
+                .build()
+        });
+        Self {
+            entries,
+            inflight: Mutex::new(HashMap::new()),
+            settings,
+            counter,
+        }
+    }
+
+    /// Number of stored entries (approximate, for metrics and tests).
+    pub fn entry_count(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            e.entry_count()
+        })
+    }
+
+    /// Drops every stored entry (after a backend reload, for example).
+    pub fn clear(&self) {
+        if let Some(e) = &self.entries {
+            e.invalidate_all();
+        }
+    }
+
+    fn count(&self, handler: &str, result: &str) {
+        self.counter.with_label_values(&[handler, result]).inc();
+    }
+
+    fn ttl_of(&self, value: &V) -> Duration {
+        if value.is_negative() {
+            self.settings.negative_ttl
+        } else {
+            self.settings.positive_ttl
+        }
+    }
+
+    /// The answer for `key`: cached, fetched with `fetch` (at most one call per key
+    /// at a time), stale, or the error; always within the deadline.
+    ///
+    /// # Errors
+    /// The backend's error, or [`BackendError::Timeout`] at the deadline, when no
+    /// usable entry exists.
+    pub async fn get<F, Fut>(
+        self: &Arc<Self>,
+        handler: &'static str,
+        key: K,
+        fetch: F,
+    ) -> Result<V, BackendError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, BackendError>> + Send + 'static,
+    {
+        let started = tokio::time::Instant::now();
+        let cached = self.entries.as_ref().and_then(|e| e.get(&key));
+        if let Some(entry) = &cached {
+            if entry.stored.elapsed() < self.ttl_of(&entry.value) {
+                let result = if entry.value.is_negative() {
+                    outcome::NEGATIVE_HIT
+                } else {
+                    outcome::HIT
+                };
+                self.count(handler, result);
+                return Ok(entry.value.clone());
+            }
+        }
+
+        let mut receiver = self.join_or_start(handler, key, fetch);
+        let waited = tokio::time::timeout_at(
+            started + self.settings.deadline,
+            receiver.wait_for(Option::is_some),
+        )
+        .await;
+        let failure = match waited {
+            Ok(Ok(result)) => match result.as_ref().map(Clone::clone) {
+                Some(Ok(value)) => return Ok(value),
+                Some(Err(e)) => clone_error(&e),
+                None => BackendError::Other("backend call ended without an answer".into()),
+            },
+            Ok(Err(_closed)) => BackendError::Other("backend call ended without an answer".into()),
+            Err(_elapsed) => BackendError::Timeout,
+        };
+        if let Some(entry) = cached {
+            let age = entry.stored.elapsed();
+            if age < self.ttl_of(&entry.value) + self.settings.stale_ttl {
+                self.count(handler, outcome::STALE);
+                return Ok(entry.value);
+            }
+        }
+        self.count(handler, outcome::ERROR);
+        Err(failure)
+    }
+
+    /// Subscribes to the running call for `key`, or starts one.
+    fn join_or_start<F, Fut>(
+        self: &Arc<Self>,
+        handler: &'static str,
+        key: K,
+        fetch: F,
+    ) -> watch::Receiver<Option<SharedResult<V>>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<V, BackendError>> + Send + 'static,
+    {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(receiver) = inflight.get(&key) {
+            self.count(handler, outcome::COALESCED);
+            return receiver.clone();
+        }
+        self.count(handler, outcome::MISS);
+        let (sender, receiver) = watch::channel(None);
+        inflight.insert(key.clone(), receiver.clone());
+        drop(inflight);
+
+        let call = fetch();
+        let cache = Arc::clone(self);
+        let call_timeout = self.settings.call_timeout;
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(call_timeout, call)
+                .await
+                .unwrap_or(Err(BackendError::Timeout));
+            if let (Ok(value), Some(entries)) = (&result, &cache.entries) {
+                if !cache.ttl_of(value).is_zero() {
+                    entries.insert(
+                        key.clone(),
+                        Entry {
+                            value: value.clone(),
+                            stored: Instant::now(),
+                        },
+                    );
+                }
+            }
+            cache
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
+            let _ = sender.send(Some(result.map_err(Arc::new)));
+        });
+        receiver
+    }
+}
+
+/// A copy of a shared error for one waiter, keeping its kind for metrics.
+fn clone_error(e: &BackendError) -> BackendError {
+    match e {
+        BackendError::Timeout => BackendError::Timeout,
+        BackendError::InvalidResponse(m) => BackendError::InvalidResponse(m.clone()),
+        BackendError::Unauthorized(m) => BackendError::Unauthorized(m.clone()),
+        BackendError::Unavailable(source) => BackendError::Unavailable(source.to_string().into()),
+        other => BackendError::Other(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,234 @@
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn settings() -> CacheSettings {
+    CacheSettings {
+        positive_ttl: Duration::from_secs(60),
+        negative_ttl: Duration::from_secs(60),
+        stale_ttl: Duration::from_secs(60),
+        max_entries: 1000,
+        deadline: Duration::from_millis(300),
+        call_timeout: Duration::from_secs(5),
+    }
+}
+
+fn counter() -> IntCounterVec {
+    IntCounterVec::new(prometheus::Opts::new("c", "c"), &["handler", "result"]).unwrap()
+}
+
+fn cache(s: CacheSettings) -> (Arc<AnswerCache<String, bool>>, IntCounterVec) {
+    let c = counter();
+    (Arc::new(AnswerCache::new(s, c.clone())), c)
+}
+
+fn n(c: &IntCounterVec, result: &str) -> u64 {
+    c.with_label_values(&["t", result]).get()
+}
+
+/// A fetch that counts calls and answers `answer` after `delay`.
+fn fetch(
+    calls: &Arc<AtomicUsize>,
+    delay: Duration,
+    answer: Result<bool, ()>,
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<bool, BackendError>> + Send>>
++ use<> {
+    let calls = calls.clone();
+    move || {
+        Box::pin(async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(delay).await;
+            answer.map_err(|()| BackendError::InvalidResponse("HTTP 500".into()))
+        })
+    }
+}
+
+#[tokio::test]
+async fn second_lookup_is_a_hit() {
+    let (c, m) = cache(settings());
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        let v = c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await;
+        assert!(v.unwrap());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!((n(&m, "miss"), n(&m, "hit")), (1, 2));
+}
+
+#[tokio::test]
+async fn negative_answers_have_their_own_ttl() {
+    let (c, m) = cache(CacheSettings {
+        negative_ttl: Duration::from_millis(100),
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let ask = |c: Arc<AnswerCache<String, bool>>, calls: Arc<AtomicUsize>| async move {
+        c.get("t", "nobody".into(), fetch(&calls, Duration::ZERO, Ok(false))).await
+    };
+    assert!(!ask(c.clone(), calls.clone()).await.unwrap());
+    assert!(!ask(c.clone(), calls.clone()).await.unwrap());
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "dictionary probes stop at the cache");
+    assert_eq!(n(&m, "negative_hit"), 1);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    ask(c, calls.clone()).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "expired negative entry refetched");
+}
+
+#[tokio::test]
+async fn zero_negative_ttl_never_stores_not_found() {
+    let (c, _) = cache(CacheSettings {
+        negative_ttl: Duration::ZERO,
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..2 {
+        c.get("t", "x".into(), fetch(&calls, Duration::ZERO, Ok(false))).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn concurrent_lookups_of_a_cold_key_make_one_call() {
+    let (c, m) = cache(settings());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..1000 {
+        let c = c.clone();
+        let f = fetch(&calls, Duration::from_millis(50), Ok(true));
+        tasks.push(tokio::spawn(async move { c.get("t", "cold".into(), f).await }));
+    }
+    for t in tasks {
+        assert!(t.await.unwrap().unwrap());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(n(&m, "miss") + n(&m, "coalesced") + n(&m, "hit"), 1000);
+    assert!(n(&m, "coalesced") > 0);
+}
+
+#[tokio::test]
+async fn a_caller_giving_up_does_not_cancel_the_call() {
+    let (c, _) = cache(settings());
+    let calls = Arc::new(AtomicUsize::new(0));
+    let first = {
+        let c = c.clone();
+        let f = fetch(&calls, Duration::from_millis(100), Ok(true));
+        tokio::spawn(async move { c.get("t", "k".into(), f).await })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    first.abort();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let v = c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(false))).await;
+    assert!(v.unwrap(), "the aborted caller's call finished and filled the cache");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn errors_are_never_cached() {
+    let (c, m) = cache(settings());
+    let calls = Arc::new(AtomicUsize::new(0));
+    assert!(c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Err(()))).await.is_err());
+    assert!(c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+    assert_eq!(n(&m, "error"), 1);
+}
+
+#[tokio::test]
+async fn stale_entry_served_when_the_backend_fails() {
+    let (c, m) = cache(CacheSettings {
+        positive_ttl: Duration::from_millis(50),
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let v = c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Err(()))).await;
+    assert!(v.unwrap(), "stale answer instead of TEMP");
+    assert_eq!(n(&m, "stale"), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "the backend was asked first");
+}
+
+#[tokio::test]
+async fn stale_entry_served_at_the_deadline_when_the_backend_hangs() {
+    let (c, _) = cache(CacheSettings {
+        positive_ttl: Duration::from_millis(50),
+        deadline: Duration::from_millis(100),
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    let started = std::time::Instant::now();
+    let v = c.get("t", "k".into(), fetch(&calls, Duration::from_secs(3), Ok(false))).await;
+    assert!(v.unwrap());
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(90) && took < Duration::from_millis(500), "{took:?}");
+}
+
+#[tokio::test]
+async fn unseen_key_with_a_hanging_backend_times_out_at_the_deadline() {
+    let (c, _) = cache(CacheSettings {
+        deadline: Duration::from_millis(100),
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let started = std::time::Instant::now();
+    let r = c.get("t", "new".into(), fetch(&calls, Duration::from_secs(3), Ok(true))).await;
+    assert!(matches!(r, Err(BackendError::Timeout)));
+    assert!(started.elapsed() < Duration::from_millis(500));
+}
+
+#[tokio::test]
+async fn stale_window_is_bounded() {
+    let (c, _) = cache(CacheSettings {
+        positive_ttl: Duration::from_millis(30),
+        stale_ttl: Duration::from_millis(30),
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Err(()))).await;
+    assert!(r.is_err(), "too old to serve");
+}
+
+#[tokio::test]
+async fn disabled_cache_stores_nothing() {
+    let (c, _) = cache(CacheSettings {
+        positive_ttl: Duration::ZERO,
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..3 {
+        c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(c.entry_count(), 0);
+}
+
+#[tokio::test]
+async fn size_is_bounded() {
+    let (c, _) = cache(CacheSettings {
+        max_entries: 100,
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    for i in 0..1000 {
+        c.get("t", format!("k{i}"), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    }
+    assert!(c.entry_count() <= 110, "{} entries", c.entry_count());
+}
+
+#[tokio::test]
+async fn refreshed_entries_get_a_new_lifetime() {
+    let (c, _) = cache(CacheSettings {
+        positive_ttl: Duration::from_millis(60),
+        stale_ttl: Duration::ZERO,
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(70)).await;
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "third lookup is a hit on the refreshed entry");
+}
