@@ -116,3 +116,39 @@ fn postmap_reports_unknown_maps_as_permanent_errors() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs postfix (postmap)"]
+async fn postmap_keeps_resolving_warm_keys_when_the_api_dies() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+    let api = MockServer::start().await;
+    Mock::given(method("GET"))
+        .and(path("/api/postfix/mailbox/user@example.org"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!(true)))
+        .mount(&api)
+        .await;
+    let uri = api.uri();
+    let adapter = Adapter::spawn(&[
+        ("USERLI_TOKEN", "t"),
+        ("USERLI_BASE_URL", &uri),
+        ("LOOKUP_CACHE_TTL", "100ms"),
+        ("LOOKUP_TIMEOUT", "500ms"),
+    ]);
+    let warm = postmap("user@example.org", &adapter.socketmap, "mailbox");
+    assert_eq!(String::from_utf8(warm.stdout).unwrap().trim_end(), "1");
+
+    drop(api); // the API is gone: connection refused
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let stale = postmap("user@example.org", &adapter.socketmap, "mailbox");
+    assert_eq!(stale.status.code(), Some(0), "{}", String::from_utf8_lossy(&stale.stderr));
+    assert_eq!(String::from_utf8(stale.stdout).unwrap().trim_end(), "1");
+
+    let unseen = postmap("new@example.org", &adapter.socketmap, "mailbox");
+    assert!(unseen.stdout.is_empty());
+    assert!(
+        String::from_utf8(unseen.stderr)
+            .unwrap()
+            .contains("socketmap server temporary error: Error fetching mailbox")
+    );
+}
