@@ -214,16 +214,16 @@ where
     {
         let started = tokio::time::Instant::now();
         let cached = self.entries.as_ref().and_then(|e| e.get(&key));
-        if let Some(entry) = &cached {
-            if entry.stored.elapsed() < self.ttl_of(&entry.value) {
-                let result = if entry.value.is_negative() {
-                    outcome::NEGATIVE_HIT
-                } else {
-                    outcome::HIT
-                };
-                self.count(handler, result);
-                return Ok(entry.value.clone());
-            }
+        if let Some(entry) = &cached
+            && entry.stored.elapsed() < self.ttl_of(&entry.value)
+        {
+            let result = if entry.value.is_negative() {
+                outcome::NEGATIVE_HIT
+            } else {
+                outcome::HIT
+            };
+            self.count(handler, result);
+            return Ok(entry.value.clone());
         }
 
         let mut receiver = self.join_or_start(handler, key, fetch);
@@ -280,16 +280,16 @@ where
             let result = tokio::time::timeout(call_timeout, call)
                 .await
                 .unwrap_or(Err(BackendError::Timeout));
-            if let (Ok(value), Some(entries)) = (&result, &cache.entries) {
-                if !cache.ttl_of(value).is_zero() {
-                    entries.insert(
-                        key.clone(),
-                        Entry {
-                            value: value.clone(),
-                            stored: Instant::now(),
-                        },
-                    );
-                }
+            if let (Ok(value), Some(entries)) = (&result, &cache.entries)
+                && !cache.ttl_of(value).is_zero()
+            {
+                entries.insert(
+                    key.clone(),
+                    Entry {
+                        value: value.clone(),
+                        stored: Instant::now(),
+                    },
+                );
             }
             cache
                 .inflight
