@@ -118,7 +118,11 @@ fn answer(c: &mut Criterion) {
     let cases: [(&str, &LookupService, &[u8]); 9] = [
         ("mailbox_hit", &svc, b"mailbox user42@example.org"),
         ("mailbox_miss", &svc, b"mailbox nobody@example.org"),
-        ("mailbox_normalised", &svc, b"mailbox  User42+Tag@Example.ORG "),
+        (
+            "mailbox_normalised",
+            &svc,
+            b"mailbox  User42+Tag@Example.ORG ",
+        ),
         ("alias_hit_list", &svc, b"alias alias42@example.org"),
         ("domain_hit", &svc, b"domain example.org"),
         ("alias_bare_domain_probe", &svc, b"alias example.org"),

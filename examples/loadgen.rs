@@ -145,7 +145,7 @@ enum Command {
         #[arg(long, conflicts_with = "addr")]
         in_process: bool,
         /// The request each connection sends once before idling.
-        #[arg(long, default_value = "mailbox user@example.org")]
+        #[arg(long, default_value = "mailbox user0@example.org")]
         probe: String,
         /// Connections opened concurrently.
         #[arg(long, default_value_t = 256)]
@@ -154,6 +154,8 @@ enum Command {
         #[arg(long, default_value = "1s", value_parser = duration)]
         settle: Duration,
     },
+    /// Print the header of the `--markdown` table.
+    MarkdownHeader,
     /// Serve the fake-backend adapter (or the floor) until killed; prints its address.
     Serve {
         /// What to serve.
@@ -572,9 +574,109 @@ struct FakeBackend {
     latency: Duration,
     mode: Mode,
     calls: AtomicU64,
-    /// Time actually spent in calls that sleep (tokio's timer rounds sleeps up to
-    /// its 1 ms tick, so the real backend time is measured, not assumed).
+    /// Time actually spent in calls that wait (the delay is precise to tens of
+    /// microseconds, not exact, so the real backend time is measured, not assumed).
     observed: Mutex<Stats>,
+    delayer: Delayer,
+}
+
+/// Sub-millisecond sleeps. tokio's timer wheel has a 1 ms tick and rounds every
+/// sleep up to it (a 1 ms sleep takes 1–2 ms), which would drown the engine
+/// overhead `miss-overhead` measures. One thread keeps the deadlines and wakes each
+/// caller through a oneshot channel; `Condvar::wait_timeout` wakes within tens of
+/// microseconds.
+#[derive(Debug)]
+struct Delayer {
+    shared: Arc<(Mutex<DelayQueue>, std::sync::Condvar)>,
+}
+
+#[derive(Debug, Default)]
+struct DelayQueue {
+    heap: std::collections::BinaryHeap<DelayEntry>,
+    seq: u64,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct DelayEntry {
+    at: Instant,
+    seq: u64,
+    wake: tokio::sync::oneshot::Sender<()>,
+}
+
+impl PartialEq for DelayEntry {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for DelayEntry {}
+impl PartialOrd for DelayEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for DelayEntry {
+    /// Reversed: the earliest deadline is the greatest, on top of the max-heap.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.at, other.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+impl Delayer {
+    fn new() -> Self {
+        let shared = Arc::new((Mutex::new(DelayQueue::default()), std::sync::Condvar::new()));
+        let worker = shared.clone();
+        std::thread::Builder::new()
+            .name("fake-backend-timer".into())
+            .spawn(move || {
+                let (lock, wakeup) = &*worker;
+                let mut queue = lock.lock().expect("not poisoned");
+                loop {
+                    if queue.closed {
+                        return;
+                    }
+                    let now = Instant::now();
+                    while queue.heap.peek().is_some_and(|e| e.at <= now) {
+                        if let Some(due) = queue.heap.pop() {
+                            let _ = due.wake.send(());
+                        }
+                    }
+                    queue = match queue.heap.peek().map(|e| e.at - now) {
+                        Some(wait) => wakeup.wait_timeout(queue, wait).expect("not poisoned").0,
+                        None => wakeup.wait(queue).expect("not poisoned"),
+                    };
+                }
+            })
+            .expect("timer thread starts");
+        Self { shared }
+    }
+
+    async fn sleep(&self, d: Duration) {
+        let (wake, woken) = tokio::sync::oneshot::channel();
+        {
+            let (lock, wakeup) = &*self.shared;
+            let mut queue = lock.lock().expect("not poisoned");
+            queue.seq += 1;
+            let seq = queue.seq;
+            queue.heap.push(DelayEntry {
+                at: Instant::now() + d,
+                seq,
+                wake,
+            });
+            wakeup.notify_one();
+        }
+        let _ = woken.await;
+    }
+}
+
+impl Drop for Delayer {
+    fn drop(&mut self) {
+        let (lock, wakeup) = &*self.shared;
+        if let Ok(mut queue) = lock.lock() {
+            queue.closed = true;
+        }
+        wakeup.notify_one();
+    }
 }
 
 impl FakeBackend {
@@ -591,6 +693,7 @@ impl FakeBackend {
             },
             calls: AtomicU64::new(0),
             observed: Mutex::new(Stats::default()),
+            delayer: Delayer::new(),
         }
     }
 
@@ -614,7 +717,7 @@ impl FakeBackend {
         }
         if !self.latency.is_zero() {
             let started = Instant::now();
-            tokio::time::sleep(self.latency).await;
+            self.delayer.sleep(self.latency).await;
             let took = started.elapsed();
             self.observed
                 .lock()
@@ -640,15 +743,16 @@ impl LookupBackend for FakeBackend {
     }
 
     async fn domain_exists(&self, domain: &str) -> Result<bool, BackendError> {
-        self.call(|| {
-            domain == "example.org" || self.index(domain, "d", ".example.org").is_some()
-        })
-        .await
+        self.call(|| domain == "example.org" || self.index(domain, "d", ".example.org").is_some())
+            .await
     }
 
     async fn mailbox_exists(&self, address: &Address) -> Result<bool, BackendError> {
-        self.call(|| self.index(address.as_str(), "user", "@example.org").is_some())
-            .await
+        self.call(|| {
+            self.index(address.as_str(), "user", "@example.org")
+                .is_some()
+        })
+        .await
     }
 
     async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError> {
@@ -683,7 +787,8 @@ struct Running {
 impl Running {
     fn shutdown(self, rt: &tokio::runtime::Runtime) {
         self.stop.cancel();
-        let _ = rt.block_on(tokio::time::timeout(Duration::from_secs(10), self.task));
+        let _ =
+            rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), self.task).await });
     }
 }
 
@@ -982,7 +1087,10 @@ fn load_report(
     calls_before: u64,
 ) -> Report {
     let mut extra = serde_json::Map::new();
-    extra.insert("map".into(), format!("{:?}", load.map).to_lowercase().into());
+    extra.insert(
+        "map".into(),
+        format!("{:?}", load.map).to_lowercase().into(),
+    );
     Report {
         label,
         connections,
@@ -1089,7 +1197,7 @@ fn backend_note(b: &FakeBackend) -> String {
     format!("backend {}{mode}", fmt_dur(b.latency))
 }
 
-fn scenario_floor(ctx: &Ctx, load: &LoadOpts, keys: u64) -> Result<Report, BoxError> {
+fn scenario_floor(ctx: &Ctx, load: &LoadOpts, keys: u64, label: &str) -> Result<Report, BoxError> {
     let conns = load.connections.unwrap_or(50);
     let server = ctx.server_rt.block_on(start_floor("127.0.0.1:0"))?;
     let range = load.key_range.unwrap_or(keys);
@@ -1101,7 +1209,7 @@ fn scenario_floor(ctx: &Ctx, load: &LoadOpts, keys: u64) -> Result<Report, BoxEr
         conns,
     );
     server.shutdown(&ctx.server_rt);
-    let mut report = load_report(ctx.out.label("floor"), load, conns, stats, None, 0);
+    let mut report = load_report(label.to_owned(), load, conns, stats, None, 0);
     report.notes.push("trivial netstring server".into());
     Ok(report)
 }
@@ -1137,14 +1245,14 @@ fn scenario_adapter(
 }
 
 fn scenario_compare(ctx: &Ctx, load: &LoadOpts, backend: &BackendOpts) -> Result<(), BoxError> {
-    let floor = scenario_floor(ctx, load, backend.keys)?;
+    // With --label L the rows are `floor (L)` and `adapter (L)`.
+    let named = |what: &str| match &ctx.out.opts.label {
+        Some(l) => format!("{what} ({l})"),
+        None => what.to_owned(),
+    };
+    let floor = scenario_floor(ctx, load, backend.keys, &named("floor"))?;
     ctx.out.emit(&floor);
-    let label = ctx
-        .out
-        .opts
-        .label
-        .as_deref()
-        .map_or_else(|| "adapter".to_owned(), |l| format!("{l} adapter"));
+    let label = named("adapter");
     let mut adapter = scenario_adapter(ctx, load, backend, &label)?;
     let ratio = adapter.rate() / floor.rate().max(1e-9);
     let p99 = |r: &Report| fmt_dur(r.stats.quantile(0.99));
@@ -1212,10 +1320,9 @@ fn scenario_miss_overhead(
     report
         .extra
         .insert("backend_observed_p50_us".into(), us(observed).into());
-    report.extra.insert(
-        "overhead_vs_nominal_us".into(),
-        over_nominal.round().into(),
-    );
+    report
+        .extra
+        .insert("overhead_vs_nominal_us".into(), over_nominal.round().into());
     report.extra.insert(
         "overhead_vs_observed_us".into(),
         over_observed.round().into(),
@@ -1411,11 +1518,7 @@ fn scenario_idle(
     let mut spawned = None;
     let mut running = None;
     let (addr, pid, what) = match (addr, in_process) {
-        (Some(a), _) => (
-            a,
-            server_pid,
-            "external server".to_owned(),
-        ),
+        (Some(a), _) => (a, server_pid, "external server".to_owned()),
         (None, true) => {
             let opts = BackendOpts {
                 keys: 1000,
@@ -1427,11 +1530,19 @@ fn scenario_idle(
             let r = start_adapter_on(ctx, &opts, Duration::ZERO, connections + 100)?;
             let a = r.addr;
             running = Some(r);
-            (a, None, "in-process adapter; RSS includes the client side".to_owned())
+            (
+                a,
+                None,
+                "in-process adapter; RSS includes the client side".to_owned(),
+            )
         }
         (None, false) => {
             let s = spawn_server(connections + 100)?;
-            let r = (s.addr, Some(s.child.id()), "`loadgen serve` child process".to_owned());
+            let r = (
+                s.addr,
+                Some(s.child.id()),
+                "`loadgen serve` child process".to_owned(),
+            );
             spawned = Some(s);
             // Let the child finish starting before the baseline.
             std::thread::sleep(Duration::from_millis(200));
@@ -1440,12 +1551,9 @@ fn scenario_idle(
     };
     let before = rss_kib(pid);
     let client_before = rss_kib(None);
-    let (mut conns, stats) = ctx.client_rt.block_on(open_idle(
-        addr,
-        connections,
-        probe,
-        connect_concurrency,
-    ));
+    let (mut conns, stats) =
+        ctx.client_rt
+            .block_on(open_idle(addr, connections, probe, connect_concurrency));
     std::thread::sleep(settle);
     let closed = ctx.client_rt.block_on(closed_by_server(&mut conns));
     let after = rss_kib(pid);
@@ -1553,19 +1661,25 @@ fn main() -> Result<(), BoxError> {
             opts: cli.out.clone(),
         },
     };
-    if ctx.out.opts.markdown && !matches!(cli.command, Command::Serve { .. }) {
-        // The header goes to stderr so that rows from several runs can be appended.
-        eprintln!("{MARKDOWN_HEADER}");
-    }
     match &cli.command {
         Command::Remote { addr, load } => {
             let conns = load.connections.unwrap_or(50);
             let range = load.key_range.unwrap_or(1000);
             let stats = drive(&ctx.client_rt, *addr, load, Keys::Uniform { range }, conns);
-            let report = load_report(ctx.out.label(&addr.to_string()), load, conns, stats, None, 0);
+            let report = load_report(
+                ctx.out.label(&addr.to_string()),
+                load,
+                conns,
+                stats,
+                None,
+                0,
+            );
             ctx.out.emit(&report);
         }
-        Command::Floor { load } => ctx.out.emit(&scenario_floor(&ctx, load, 1000)?),
+        Command::Floor { load } => {
+            let label = ctx.out.label("floor");
+            ctx.out.emit(&scenario_floor(&ctx, load, 1000, &label)?);
+        }
         Command::Adapter { load, backend } => {
             let label = ctx.out.label("adapter");
             ctx.out
@@ -1579,9 +1693,9 @@ fn main() -> Result<(), BoxError> {
         } => ctx
             .out
             .emit(&scenario_cold_key(&ctx, *concurrency, *rounds, backend)?),
-        Command::MissOverhead { load, backend } => ctx
-            .out
-            .emit(&scenario_miss_overhead(&ctx, load, backend)?),
+        Command::MissOverhead { load, backend } => {
+            ctx.out.emit(&scenario_miss_overhead(&ctx, load, backend)?)
+        }
         Command::Idle {
             connections,
             addr,
@@ -1606,6 +1720,7 @@ fn main() -> Result<(), BoxError> {
             max_connections,
             backend,
         } => serve(&ctx, *target, listen, *max_connections, backend)?,
+        Command::MarkdownHeader => println!("{MARKDOWN_HEADER}"),
     }
     let Ctx {
         server_rt,
@@ -1629,9 +1744,21 @@ mod tests {
         }
         let close = |d: Duration, us: f64| (d.as_secs_f64() * 1e6 - us).abs() <= us * 0.002;
         assert_eq!(stats.count(), 1000);
-        assert!(close(stats.quantile(0.5), 500.0), "{:?}", stats.quantile(0.5));
-        assert!(close(stats.quantile(0.99), 990.0), "{:?}", stats.quantile(0.99));
-        assert!(close(stats.quantile(0.999), 999.0), "{:?}", stats.quantile(0.999));
+        assert!(
+            close(stats.quantile(0.5), 500.0),
+            "{:?}",
+            stats.quantile(0.5)
+        );
+        assert!(
+            close(stats.quantile(0.99), 990.0),
+            "{:?}",
+            stats.quantile(0.99)
+        );
+        assert!(
+            close(stats.quantile(0.999), 999.0),
+            "{:?}",
+            stats.quantile(0.999)
+        );
         assert!(close(stats.max(), 1000.0));
         assert_eq!(Stats::default().quantile(0.99), Duration::ZERO);
     }
@@ -1691,8 +1818,14 @@ mod tests {
             },
             Duration::ZERO,
         );
-        assert_eq!(backend.index("user9@example.org", "user", "@example.org"), Some(9));
-        assert_eq!(backend.index("user10@example.org", "user", "@example.org"), None);
+        assert_eq!(
+            backend.index("user9@example.org", "user", "@example.org"),
+            Some(9)
+        );
+        assert_eq!(
+            backend.index("user10@example.org", "user", "@example.org"),
+            None
+        );
     }
 
     #[test]
