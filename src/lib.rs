@@ -43,11 +43,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::cache::{CacheSettings, CachedBackend};
 use crate::config::Config;
-use crate::resilience::{CircuitBreaker, GuardedBackend};
 use crate::http::{HttpState, Readiness};
 use crate::lookup::LookupService;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
+use crate::resilience::{CircuitBreaker, GuardedBackend};
 use crate::server::socketmap::{ConnectionLimits, SocketmapHandler};
 use crate::server::{AcceptContext, BindError, BoundListener, LocalAddr};
 
@@ -97,12 +97,11 @@ impl Server {
             }
         };
         let (backend, breaker) = protect(backend, &config, &metrics);
-        // The cache keeps the deadline itself (to answer stale in time); this outer
-        // one is only a safety net.
+        // The cache keeps the deadline itself, so it can answer stale in time.
         let service = Arc::new(LookupService::new(
             backend,
             Normalizer::new(&config.recipient_delimiter),
-            config.lookup_timeout + Duration::from_millis(250),
+            None,
             metrics.clone(),
         ));
         Ok(Self {

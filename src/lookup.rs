@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postfix_adapter_backend::{BackendError, LookupBackend};
+use prometheus::{Histogram, IntCounter};
 
 use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
@@ -94,9 +95,50 @@ impl Answer {
 pub struct LookupService {
     backend: Arc<dyn LookupBackend>,
     normalizer: Normalizer,
-    timeout: Duration,
+    timeout: Option<Duration>,
     metrics: Metrics,
+    series: RequestSeries,
     error_log: LogThrottle,
+}
+
+/// The request counter and histogram of every `handler`/`status` pair, resolved
+/// once instead of per request.
+struct RequestSeries {
+    series: Vec<(&'static str, &'static str, IntCounter, Histogram)>,
+}
+
+impl RequestSeries {
+    const HANDLERS: [&'static str; 6] = [
+        "alias",
+        "domain",
+        "mailbox",
+        "senders",
+        HANDLER_INVALID,
+        HANDLER_UNKNOWN,
+    ];
+    const STATUSES: [&'static str; 3] = ["success", "notfound", "error"];
+
+    fn new(metrics: &Metrics) -> Self {
+        let mut series = Vec::new();
+        for handler in Self::HANDLERS {
+            for status in Self::STATUSES {
+                series.push((
+                    handler,
+                    status,
+                    metrics.requests_total.with_label_values(&[handler, status]),
+                    metrics.request_histogram(handler, status),
+                ));
+            }
+        }
+        Self { series }
+    }
+
+    fn get(&self, handler: &str, status: &str) -> Option<(&IntCounter, &Histogram)> {
+        self.series
+            .iter()
+            .find(|(h, s, _, _)| *h == handler && *s == status)
+            .map(|(_, _, c, h)| (c, h))
+    }
 }
 
 impl std::fmt::Debug for LookupService {
@@ -111,16 +153,21 @@ impl std::fmt::Debug for LookupService {
 
 impl LookupService {
     /// A service answering from `backend`, giving every lookup at most `timeout`.
+    ///
+    /// Pass `None` only for a backend that keeps a deadline itself, such as
+    /// [`crate::cache::CachedBackend`]: arming a timer per request costs more than a
+    /// cache hit.
     pub fn new(
         backend: Arc<dyn LookupBackend>,
         normalizer: Normalizer,
-        timeout: Duration,
+        timeout: impl Into<Option<Duration>>,
         metrics: Metrics,
     ) -> Self {
         Self {
             backend,
             normalizer,
-            timeout,
+            timeout: timeout.into(),
+            series: RequestSeries::new(&metrics),
             metrics,
             error_log: LogThrottle::new(Duration::from_secs(10)),
         }
@@ -213,21 +260,33 @@ impl LookupService {
         &self,
         call: impl Future<Output = Result<T, BackendError>>,
     ) -> Result<T, BackendError> {
-        tokio::time::timeout(self.timeout, call)
-            .await
-            .unwrap_or(Err(BackendError::Timeout))
+        match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, call)
+                .await
+                .unwrap_or(Err(BackendError::Timeout)),
+            None => call.await,
+        }
     }
 
     /// Records the request metrics once the reply has been written.
     pub fn record(&self, answer: &Answer, started: Instant) {
         let status = answer.status_label();
-        self.metrics
-            .requests_total
-            .with_label_values(&[answer.handler, status])
-            .inc();
-        self.metrics
-            .request_histogram(answer.handler, status)
-            .observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
+        match self.series.get(answer.handler, status) {
+            Some((counter, histogram)) => {
+                counter.inc();
+                histogram.observe(elapsed);
+            }
+            None => {
+                self.metrics
+                    .requests_total
+                    .with_label_values(&[answer.handler, status])
+                    .inc();
+                self.metrics
+                    .request_histogram(answer.handler, status)
+                    .observe(elapsed);
+            }
+        }
     }
 
     /// The engine's metrics.

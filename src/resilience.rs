@@ -247,7 +247,11 @@ mod tests {
     use super::*;
 
     fn breaker(threshold: u32) -> CircuitBreaker {
-        CircuitBreaker::new(threshold, Duration::from_secs(10), IntGauge::new("g", "g").unwrap())
+        CircuitBreaker::new(
+            threshold,
+            Duration::from_secs(10),
+            IntGauge::new("g", "g").unwrap(),
+        )
     }
 
     #[test]
@@ -268,7 +272,10 @@ mod tests {
         let probe = b.try_call_at(later).expect("one probe after the cool-down");
         assert!(b.try_call_at(later).is_none(), "only one probe");
         b.record_at(probe, false, later);
-        assert!(b.try_call_at(later + Duration::from_secs(1)).is_none(), "failed probe reopens");
+        assert!(
+            b.try_call_at(later + Duration::from_secs(1)).is_none(),
+            "failed probe reopens"
+        );
 
         let again = later + Duration::from_secs(11);
         let probe = b.try_call_at(again).unwrap();
@@ -287,7 +294,10 @@ mod tests {
         b.record_at(p, true, t);
         let p = b.try_call_at(t).unwrap();
         b.record_at(p, false, t);
-        assert!(b.try_call_at(t).is_some(), "1 failure after a success is below 2");
+        assert!(
+            b.try_call_at(t).is_some(),
+            "1 failure after a success is below 2"
+        );
     }
 
     #[test]

@@ -33,7 +33,11 @@ fn ok_json(body: serde_json::Value) -> ResponseTemplate {
 }
 
 fn cache_count(server: &Running, handler: &str, result: &str) -> u64 {
-    server.metrics.lookup_cache.with_label_values(&[handler, result]).get()
+    server
+        .metrics
+        .lookup_cache
+        .with_label_values(&[handler, result])
+        .get()
 }
 
 #[tokio::test]
@@ -107,7 +111,10 @@ async fn answers_expire_after_their_ttls() {
         .await;
     let server = start_userli(
         &api.uri(),
-        &[("LOOKUP_CACHE_TTL", "400ms"), ("LOOKUP_NEGATIVE_CACHE_TTL", "200ms")],
+        &[
+            ("LOOKUP_CACHE_TTL", "400ms"),
+            ("LOOKUP_NEGATIVE_CACHE_TTL", "200ms"),
+        ],
     )
     .await;
     let mut c = Client::tcp(server.tcp()).await;
@@ -115,9 +122,17 @@ async fn answers_expire_after_their_ttls() {
     assert_eq!(c.ask("domain example.net").await, "NOTFOUND");
     tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(c.ask("domain example.org").await, "OK 1", "still fresh");
-    assert_eq!(c.ask("domain example.net").await, "NOTFOUND", "negative expired: refetched");
+    assert_eq!(
+        c.ask("domain example.net").await,
+        "NOTFOUND",
+        "negative expired: refetched"
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(c.ask("domain example.org").await, "OK 1", "positive expired: refetched");
+    assert_eq!(
+        c.ask("domain example.org").await,
+        "OK 1",
+        "positive expired: refetched"
+    );
     server.shutdown().await;
     api.verify().await;
 }
@@ -146,9 +161,18 @@ async fn zero_ttl_disables_the_cache() {
 async fn stale_answers_while_the_api_fails_in_any_way() {
     let faults: Vec<(&str, ResponseTemplate)> = vec![
         ("500", ResponseTemplate::new(500)),
-        ("malformed", ResponseTemplate::new(200).set_body_string("{not json")),
-        ("wrong type", ResponseTemplate::new(200).set_body_json(serde_json::json!({"a": 1}))),
-        ("slow", ok_json(serde_json::json!(false)).set_delay(Duration::from_secs(5))),
+        (
+            "malformed",
+            ResponseTemplate::new(200).set_body_string("{not json"),
+        ),
+        (
+            "wrong type",
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"a": 1})),
+        ),
+        (
+            "slow",
+            ok_json(serde_json::json!(false)).set_delay(Duration::from_secs(5)),
+        ),
     ];
     for (name, fault) in faults {
         let api = MockServer::start().await;
@@ -159,7 +183,10 @@ async fn stale_answers_while_the_api_fails_in_any_way() {
             .await;
         let server = start_userli(
             &api.uri(),
-            &[("LOOKUP_CACHE_TTL", "100ms"), ("CIRCUIT_BREAKER_FAILURES", "0")],
+            &[
+                ("LOOKUP_CACHE_TTL", "100ms"),
+                ("CIRCUIT_BREAKER_FAILURES", "0"),
+            ],
         )
         .await;
         let mut c = Client::tcp(server.tcp()).await;
@@ -167,11 +194,25 @@ async fn stale_answers_while_the_api_fails_in_any_way() {
         tokio::time::sleep(Duration::from_millis(150)).await;
 
         api.reset().await;
-        Mock::given(method("GET")).respond_with(fault).mount(&api).await;
+        Mock::given(method("GET"))
+            .respond_with(fault)
+            .mount(&api)
+            .await;
         let started = Instant::now();
-        assert_eq!(c.ask("mailbox user@example.org").await, "OK 1", "{name}: stale answer");
-        assert_eq!(c.ask("mailbox new@example.org").await, "TEMP Error fetching mailbox", "{name}");
-        assert!(started.elapsed() < Duration::from_millis(1500), "{name}: deadlines kept");
+        assert_eq!(
+            c.ask("mailbox user@example.org").await,
+            "OK 1",
+            "{name}: stale answer"
+        );
+        assert_eq!(
+            c.ask("mailbox new@example.org").await,
+            "TEMP Error fetching mailbox",
+            "{name}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{name}: deadlines kept"
+        );
         assert_eq!(cache_count(&server, "mailbox", "stale"), 1, "{name}");
         server.shutdown().await;
     }
@@ -187,12 +228,21 @@ async fn a_dead_api_keeps_known_keys_resolving() {
         .await;
     let server = start_userli(&api.uri(), &[("LOOKUP_CACHE_TTL", "50ms")]).await;
     let mut c = Client::tcp(server.tcp()).await;
-    assert_eq!(c.ask("alias alias@example.org").await, "OK user2@example.org");
+    assert_eq!(
+        c.ask("alias alias@example.org").await,
+        "OK user2@example.org"
+    );
     drop(api); // connection refused from now on
     tokio::time::sleep(Duration::from_millis(100)).await;
     for _ in 0..3 {
-        assert_eq!(c.ask("alias alias@example.org").await, "OK user2@example.org");
-        assert_eq!(c.ask("alias unseen@example.org").await, "TEMP Error fetching aliases");
+        assert_eq!(
+            c.ask("alias alias@example.org").await,
+            "OK user2@example.org"
+        );
+        assert_eq!(
+            c.ask("alias unseen@example.org").await,
+            "TEMP Error fetching aliases"
+        );
     }
     server.shutdown().await;
 }
@@ -207,12 +257,18 @@ async fn the_breaker_opens_answers_at_once_and_closes_after_a_good_probe() {
         .await;
     let server = start_userli(
         &api.uri(),
-        &[("CIRCUIT_BREAKER_FAILURES", "3"), ("CIRCUIT_BREAKER_COOLDOWN", "500ms")],
+        &[
+            ("CIRCUIT_BREAKER_FAILURES", "3"),
+            ("CIRCUIT_BREAKER_COOLDOWN", "500ms"),
+        ],
     )
     .await;
     let mut c = Client::tcp(server.tcp()).await;
     for i in 0..3 {
-        assert_eq!(c.ask(&format!("domain d{i}.org")).await, "TEMP Error fetching domain");
+        assert_eq!(
+            c.ask(&format!("domain d{i}.org")).await,
+            "TEMP Error fetching domain"
+        );
     }
     assert_eq!(server.metrics.breaker_state.get(), 1, "open");
     let (status, body) = http_get(server.http, "/ready").await;
@@ -222,9 +278,16 @@ async fn the_breaker_opens_answers_at_once_and_closes_after_a_good_probe() {
     // Open: no request reaches the API, answers are immediate.
     let started = Instant::now();
     for i in 0..20 {
-        assert_eq!(c.ask(&format!("domain open{i}.org")).await, "TEMP Error fetching domain");
+        assert_eq!(
+            c.ask(&format!("domain open{i}.org")).await,
+            "TEMP Error fetching domain"
+        );
     }
-    assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        started.elapsed()
+    );
     api.verify().await;
 
     // After the cool-down one probe goes through; the API is healthy again.
@@ -249,7 +312,10 @@ async fn backend_concurrency_is_limited() {
         .await;
     let server = start_userli(
         &api.uri(),
-        &[("BACKEND_MAX_CONCURRENT_REQUESTS", "2"), ("LOOKUP_TIMEOUT", "2s")],
+        &[
+            ("BACKEND_MAX_CONCURRENT_REQUESTS", "2"),
+            ("LOOKUP_TIMEOUT", "2s"),
+        ],
     )
     .await;
     let started = Instant::now();
@@ -257,7 +323,10 @@ async fn backend_concurrency_is_limited() {
     for i in 0..6 {
         let addr = server.tcp();
         tasks.push(tokio::spawn(async move {
-            Client::tcp(addr).await.ask(&format!("domain d{i}.org")).await
+            Client::tcp(addr)
+                .await
+                .ask(&format!("domain d{i}.org"))
+                .await
         }));
     }
     let mut peak = 0;
@@ -269,6 +338,9 @@ async fn backend_concurrency_is_limited() {
         assert_eq!(t.await.unwrap(), "OK 1");
     }
     assert!(peak <= 2, "peak in flight {peak}");
-    assert!(started.elapsed() >= Duration::from_millis(300), "6 calls, 2 at a time, 100 ms each");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "6 calls, 2 at a time, 100 ms each"
+    );
     server.shutdown().await;
 }

@@ -141,7 +141,12 @@ async fn postmap_keeps_resolving_warm_keys_when_the_api_dies() {
     drop(api); // the API is gone: connection refused
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let stale = postmap("user@example.org", &adapter.socketmap, "mailbox");
-    assert_eq!(stale.status.code(), Some(0), "{}", String::from_utf8_lossy(&stale.stderr));
+    assert_eq!(
+        stale.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&stale.stderr)
+    );
     assert_eq!(String::from_utf8(stale.stdout).unwrap().trim_end(), "1");
 
     let unseen = postmap("new@example.org", &adapter.socketmap, "mailbox");

@@ -100,13 +100,17 @@ impl CachedBackend {
         let fetch_address = address.clone();
         let answer = self
             .cache
-            .get(handler, (question, address.as_str().to_owned()), move || async move {
-                let list = match question {
-                    Question::Aliases => inner.aliases(&fetch_address).await?,
-                    _ => inner.senders(&fetch_address).await?,
-                };
-                Ok(Answer::List(list))
-            })
+            .get(
+                handler,
+                (question, address.as_str().to_owned()),
+                move || async move {
+                    let list = match question {
+                        Question::Aliases => inner.aliases(&fetch_address).await?,
+                        _ => inner.senders(&fetch_address).await?,
+                    };
+                    Ok(Answer::List(list))
+                },
+            )
             .await?;
         match answer {
             Answer::List(l) => Ok(l),
@@ -126,7 +130,8 @@ impl LookupBackend for CachedBackend {
     }
 
     async fn domain_exists(&self, domain: &str) -> Result<bool, BackendError> {
-        self.flag("domain", Question::Domain, domain.to_owned()).await
+        self.flag("domain", Question::Domain, domain.to_owned())
+            .await
     }
 
     async fn mailbox_exists(&self, address: &Address) -> Result<bool, BackendError> {

@@ -115,13 +115,69 @@ impl<K, V: Cacheable> moka::Expiry<K, Entry<V>> for EntryExpiry {
 type SharedResult<V> = Result<V, Arc<BackendError>>;
 
 /// Cache outcomes, the `result` label of `lookup_cache_total`.
-mod outcome {
-    pub(super) const HIT: &str = "hit";
-    pub(super) const NEGATIVE_HIT: &str = "negative_hit";
-    pub(super) const MISS: &str = "miss";
-    pub(super) const COALESCED: &str = "coalesced";
-    pub(super) const STALE: &str = "stale";
-    pub(super) const ERROR: &str = "error";
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Hit,
+    NegativeHit,
+    Miss,
+    Coalesced,
+    Stale,
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Self; 6] = [
+        Self::Hit,
+        Self::NegativeHit,
+        Self::Miss,
+        Self::Coalesced,
+        Self::Stale,
+        Self::Error,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Hit => "hit",
+            Self::NegativeHit => "negative_hit",
+            Self::Miss => "miss",
+            Self::Coalesced => "coalesced",
+            Self::Stale => "stale",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// The outcome counters of each handler, resolved once: looking labels up on every
+/// request costs more than the cache hit itself.
+struct OutcomeCounters {
+    vec: IntCounterVec,
+    resolved: std::sync::RwLock<Vec<(&'static str, HandlerCounters)>>,
+}
+
+/// One counter per [`Outcome`], in [`Outcome::ALL`] order.
+type HandlerCounters = Arc<[prometheus::IntCounter; 6]>;
+
+impl OutcomeCounters {
+    fn for_handler(&self, handler: &'static str) -> HandlerCounters {
+        {
+            let resolved = self.resolved.read().unwrap_or_else(|p| p.into_inner());
+            if let Some((_, counters)) = resolved.iter().find(|(h, _)| *h == handler) {
+                return counters.clone();
+            }
+        }
+        let mut resolved = self.resolved.write().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, counters)) = resolved.iter().find(|(h, _)| *h == handler) {
+            return counters.clone();
+        }
+        let counters: Arc<[prometheus::IntCounter; 6]> =
+            Arc::new(Outcome::ALL.map(|o| self.vec.with_label_values(&[handler, o.label()])));
+        resolved.push((handler, counters.clone()));
+        counters
+    }
+
+    fn inc(&self, handler: &'static str, outcome: Outcome) {
+        self.for_handler(handler)[outcome as usize].inc();
+    }
 }
 
 /// The cache for one kind of answer `V` under keys `K`.
@@ -129,7 +185,7 @@ pub struct AnswerCache<K, V> {
     entries: Option<moka::sync::Cache<K, Entry<V>>>,
     inflight: Mutex<HashMap<K, watch::Receiver<Option<SharedResult<V>>>>>,
     settings: CacheSettings,
-    counter: IntCounterVec,
+    counters: OutcomeCounters,
 }
 
 impl<K, V> std::fmt::Debug for AnswerCache<K, V> {
@@ -165,7 +221,10 @@ where
             entries,
             inflight: Mutex::new(HashMap::new()),
             settings,
-            counter,
+            counters: OutcomeCounters {
+                vec: counter,
+                resolved: std::sync::RwLock::new(Vec::new()),
+            },
         }
     }
 
@@ -184,8 +243,8 @@ where
         }
     }
 
-    fn count(&self, handler: &str, result: &str) {
-        self.counter.with_label_values(&[handler, result]).inc();
+    fn count(&self, handler: &'static str, outcome: Outcome) {
+        self.counters.inc(handler, outcome);
     }
 
     fn ttl_of(&self, value: &V) -> Duration {
@@ -218,9 +277,9 @@ where
             && entry.stored.elapsed() < self.ttl_of(&entry.value)
         {
             let result = if entry.value.is_negative() {
-                outcome::NEGATIVE_HIT
+                Outcome::NegativeHit
             } else {
-                outcome::HIT
+                Outcome::Hit
             };
             self.count(handler, result);
             return Ok(entry.value.clone());
@@ -244,11 +303,11 @@ where
         if let Some(entry) = cached {
             let age = entry.stored.elapsed();
             if age < self.ttl_of(&entry.value) + self.settings.stale_ttl {
-                self.count(handler, outcome::STALE);
+                self.count(handler, Outcome::Stale);
                 return Ok(entry.value);
             }
         }
-        self.count(handler, outcome::ERROR);
+        self.count(handler, Outcome::Error);
         Err(failure)
     }
 
@@ -265,10 +324,10 @@ where
     {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(receiver) = inflight.get(&key) {
-            self.count(handler, outcome::COALESCED);
+            self.count(handler, Outcome::Coalesced);
             return receiver.clone();
         }
-        self.count(handler, outcome::MISS);
+        self.count(handler, Outcome::Miss);
         let (sender, receiver) = watch::channel(None);
         inflight.insert(key.clone(), receiver.clone());
         drop(inflight);

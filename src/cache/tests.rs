@@ -30,8 +30,8 @@ fn fetch(
     calls: &Arc<AtomicUsize>,
     delay: Duration,
     answer: Result<bool, ()>,
-) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<bool, BackendError>> + Send>>
-+ use<> {
+) -> impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = Result<bool, BackendError>> + Send>> + use<>
+{
     let calls = calls.clone();
     move || {
         Box::pin(async move {
@@ -47,7 +47,9 @@ async fn second_lookup_is_a_hit() {
     let (c, m) = cache(settings());
     let calls = Arc::new(AtomicUsize::new(0));
     for _ in 0..3 {
-        let v = c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await;
+        let v = c
+            .get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+            .await;
         assert!(v.unwrap());
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
@@ -62,15 +64,28 @@ async fn negative_answers_have_their_own_ttl() {
     });
     let calls = Arc::new(AtomicUsize::new(0));
     let ask = |c: Arc<AnswerCache<String, bool>>, calls: Arc<AtomicUsize>| async move {
-        c.get("t", "nobody".into(), fetch(&calls, Duration::ZERO, Ok(false))).await
+        c.get(
+            "t",
+            "nobody".into(),
+            fetch(&calls, Duration::ZERO, Ok(false)),
+        )
+        .await
     };
     assert!(!ask(c.clone(), calls.clone()).await.unwrap());
     assert!(!ask(c.clone(), calls.clone()).await.unwrap());
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "dictionary probes stop at the cache");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "dictionary probes stop at the cache"
+    );
     assert_eq!(n(&m, "negative_hit"), 1);
     tokio::time::sleep(Duration::from_millis(150)).await;
     ask(c, calls.clone()).await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "expired negative entry refetched");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "expired negative entry refetched"
+    );
 }
 
 #[tokio::test]
@@ -81,7 +96,9 @@ async fn zero_negative_ttl_never_stores_not_found() {
     });
     let calls = Arc::new(AtomicUsize::new(0));
     for _ in 0..2 {
-        c.get("t", "x".into(), fetch(&calls, Duration::ZERO, Ok(false))).await.unwrap();
+        c.get("t", "x".into(), fetch(&calls, Duration::ZERO, Ok(false)))
+            .await
+            .unwrap();
     }
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
@@ -94,7 +111,9 @@ async fn concurrent_lookups_of_a_cold_key_make_one_call() {
     for _ in 0..1000 {
         let c = c.clone();
         let f = fetch(&calls, Duration::from_millis(50), Ok(true));
-        tasks.push(tokio::spawn(async move { c.get("t", "cold".into(), f).await }));
+        tasks.push(tokio::spawn(
+            async move { c.get("t", "cold".into(), f).await },
+        ));
     }
     for t in tasks {
         assert!(t.await.unwrap().unwrap());
@@ -116,8 +135,13 @@ async fn a_caller_giving_up_does_not_cancel_the_call() {
     tokio::time::sleep(Duration::from_millis(20)).await;
     first.abort();
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let v = c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(false))).await;
-    assert!(v.unwrap(), "the aborted caller's call finished and filled the cache");
+    let v = c
+        .get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(false)))
+        .await;
+    assert!(
+        v.unwrap(),
+        "the aborted caller's call finished and filled the cache"
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
 
@@ -125,8 +149,16 @@ async fn a_caller_giving_up_does_not_cancel_the_call() {
 async fn errors_are_never_cached() {
     let (c, m) = cache(settings());
     let calls = Arc::new(AtomicUsize::new(0));
-    assert!(c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Err(()))).await.is_err());
-    assert!(c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap());
+    assert!(
+        c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Err(())))
+            .await
+            .is_err()
+    );
+    assert!(
+        c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+            .await
+            .unwrap()
+    );
     assert_eq!(calls.load(Ordering::SeqCst), 2);
     assert_eq!(n(&m, "error"), 1);
 }
@@ -138,12 +170,20 @@ async fn stale_entry_served_when_the_backend_fails() {
         ..settings()
     });
     let calls = Arc::new(AtomicUsize::new(0));
-    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(80)).await;
-    let v = c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Err(()))).await;
+    let v = c
+        .get("t", "k".into(), fetch(&calls, Duration::ZERO, Err(())))
+        .await;
     assert!(v.unwrap(), "stale answer instead of TEMP");
     assert_eq!(n(&m, "stale"), 1);
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "the backend was asked first");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "the backend was asked first"
+    );
 }
 
 #[tokio::test]
@@ -154,13 +194,24 @@ async fn stale_entry_served_at_the_deadline_when_the_backend_hangs() {
         ..settings()
     });
     let calls = Arc::new(AtomicUsize::new(0));
-    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(80)).await;
     let started = std::time::Instant::now();
-    let v = c.get("t", "k".into(), fetch(&calls, Duration::from_secs(3), Ok(false))).await;
+    let v = c
+        .get(
+            "t",
+            "k".into(),
+            fetch(&calls, Duration::from_secs(3), Ok(false)),
+        )
+        .await;
     assert!(v.unwrap());
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(90) && took < Duration::from_millis(500), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(90) && took < Duration::from_millis(500),
+        "{took:?}"
+    );
 }
 
 #[tokio::test]
@@ -171,7 +222,13 @@ async fn unseen_key_with_a_hanging_backend_times_out_at_the_deadline() {
     });
     let calls = Arc::new(AtomicUsize::new(0));
     let started = std::time::Instant::now();
-    let r = c.get("t", "new".into(), fetch(&calls, Duration::from_secs(3), Ok(true))).await;
+    let r = c
+        .get(
+            "t",
+            "new".into(),
+            fetch(&calls, Duration::from_secs(3), Ok(true)),
+        )
+        .await;
     assert!(matches!(r, Err(BackendError::Timeout)));
     assert!(started.elapsed() < Duration::from_millis(500));
 }
@@ -184,9 +241,13 @@ async fn stale_window_is_bounded() {
         ..settings()
     });
     let calls = Arc::new(AtomicUsize::new(0));
-    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let r = c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Err(()))).await;
+    let r = c
+        .get("t", "k".into(), fetch(&calls, Duration::ZERO, Err(())))
+        .await;
     assert!(r.is_err(), "too old to serve");
 }
 
@@ -198,7 +259,9 @@ async fn disabled_cache_stores_nothing() {
     });
     let calls = Arc::new(AtomicUsize::new(0));
     for _ in 0..3 {
-        c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+        c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+            .await
+            .unwrap();
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
     assert_eq!(c.entry_count(), 0);
@@ -212,7 +275,13 @@ async fn size_is_bounded() {
     });
     let calls = Arc::new(AtomicUsize::new(0));
     for i in 0..1000 {
-        c.get("t", format!("k{i}"), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+        c.get(
+            "t",
+            format!("k{i}"),
+            fetch(&calls, Duration::ZERO, Ok(true)),
+        )
+        .await
+        .unwrap();
     }
     assert!(c.entry_count() <= 110, "{} entries", c.entry_count());
 }
@@ -225,10 +294,20 @@ async fn refreshed_entries_get_a_new_lifetime() {
         ..settings()
     });
     let calls = Arc::new(AtomicUsize::new(0));
-    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(70)).await;
-    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(30)).await;
-    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true))).await.unwrap();
-    assert_eq!(calls.load(Ordering::SeqCst), 2, "third lookup is a hit on the refreshed entry");
+    c.get("t", "k".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+        .await
+        .unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "third lookup is a hit on the refreshed entry"
+    );
 }

@@ -120,7 +120,9 @@ pub async fn accept_loop<H: ConnectionHandler>(
         };
         let guard = ConnectionGuard::new(ctx.metrics.clone(), permit);
         let handler = handler.clone();
-        let shutdown = ctx.shutdown.clone();
+        // A child token per connection: waiting on the shared token would make every
+        // connection contend for its lock on every request.
+        let shutdown = ctx.shutdown.child_token();
         ctx.tracker.spawn(async move {
             let _guard = guard;
             match stream {

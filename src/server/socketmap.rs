@@ -95,6 +95,13 @@ impl SocketmapHandler {
     {
         let mut buf = BytesMut::with_capacity(1024);
         let mut out = Vec::with_capacity(256);
+        // One idle timer per connection, pushed forward lazily when it fires: arming
+        // a fresh timer for every request costs more than the request itself.
+        let mut idle_timer = self
+            .limits
+            .idle_timeout
+            .map(|d| Box::pin(tokio::time::sleep(d)));
+        let mut last_activity = tokio::time::Instant::now();
         loop {
             // Answer every complete request already received, even during shutdown:
             // Postfix has sent it and is waiting.
@@ -103,10 +110,7 @@ impl SocketmapHandler {
                 let answer = self.service.answer(&frame).await;
                 out.clear();
                 netstring::encode_into(&answer.reply.render(), &mut out);
-                tokio::time::timeout(self.limits.io_timeout, stream.write_all(&out))
-                    .await
-                    .map_err(|_| Closed::WriteTimeout)?
-                    .map_err(Closed::Io)?;
+                write_with_timeout(stream, &out, self.limits.io_timeout).await?;
                 self.service.record(&answer, started);
             }
 
@@ -117,22 +121,38 @@ impl SocketmapHandler {
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(1024);
             }
-            let read = stream.read_buf(&mut buf);
             let n = if idle {
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(()),
-                    r = with_optional_timeout(self.limits.idle_timeout, read) => match r {
-                        Some(r) => r.map_err(Closed::Io)?,
-                        // An idle close is normal: Postfix reconnects on the next lookup.
-                        None => return Ok(()),
-                    },
+                let mut read = std::pin::pin!(stream.read_buf(&mut buf));
+                loop {
+                    let timer = async {
+                        match idle_timer.as_mut() {
+                            Some(t) => t.as_mut().await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        r = &mut read => break r.map_err(Closed::Io)?,
+                        () = timer => {
+                            let (Some(t), Some(limit)) = (idle_timer.as_mut(), self.limits.idle_timeout) else {
+                                continue;
+                            };
+                            let deadline = last_activity + limit;
+                            if tokio::time::Instant::now() >= deadline {
+                                // An idle close is normal: Postfix reconnects on the next lookup.
+                                return Ok(());
+                            }
+                            t.as_mut().reset(deadline);
+                        }
+                    }
                 }
             } else {
-                tokio::time::timeout(self.limits.io_timeout, read)
+                tokio::time::timeout(self.limits.io_timeout, stream.read_buf(&mut buf))
                     .await
                     .map_err(|_| Closed::ReadTimeout)?
                     .map_err(Closed::Io)?
             };
+            last_activity = tokio::time::Instant::now();
             if n == 0 {
                 return if buf.is_empty() {
                     Ok(())
@@ -144,11 +164,25 @@ impl SocketmapHandler {
     }
 }
 
-async fn with_optional_timeout<F: Future>(limit: Option<Duration>, fut: F) -> Option<F::Output> {
-    match limit {
-        Some(d) => tokio::time::timeout(d, fut).await.ok(),
-        None => Some(fut.await),
+/// Writes `bytes`, arming the timeout only when the socket cannot take them at once
+/// (the usual case is an immediate write of a few bytes).
+async fn write_with_timeout<S>(stream: &mut S, bytes: &[u8], limit: Duration) -> Result<(), Closed>
+where
+    S: AsyncWrite + Unpin,
+{
+    let mut write = std::pin::pin!(stream.write_all(bytes));
+    // The context is not `Send`; keep it out of the state held across the await.
+    let first = {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        write.as_mut().poll(&mut cx)
+    };
+    if let std::task::Poll::Ready(result) = first {
+        return result.map_err(Closed::Io);
     }
+    tokio::time::timeout(limit, write)
+        .await
+        .map_err(|_| Closed::WriteTimeout)?
+        .map_err(Closed::Io)
 }
 
 #[cfg(test)]
