@@ -4,28 +4,16 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::{Client, Running, http_get, loopback_config};
-use userli_postfix_adapter::config::{Sources, load};
-use userli_postfix_adapter::metrics::Metrics;
+use common::{Client, Running, http_get};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 async fn start_userli(base_url: &str, extra: &[(&str, &str)]) -> Running {
-    let mut env: HashMap<String, String> = HashMap::from([
-        ("USERLI_TOKEN".into(), "test-token".into()),
-        ("USERLI_BASE_URL".into(), base_url.into()),
-        ("LOOKUP_TIMEOUT".into(), "300ms".into()),
-    ]);
-    for (k, v) in extra {
-        env.insert((*k).into(), (*v).into());
-    }
-    let config = loopback_config(load(&Sources { file: None, env }).unwrap());
-    let metrics = Metrics::new().unwrap();
-    let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
-    common::start_with_metrics(config, backend, metrics).await
+    let mut env = vec![("LOOKUP_TIMEOUT", "300ms")];
+    env.extend_from_slice(extra);
+    common::start_userli(base_url, &env).await
 }
 
 fn ok_json(body: serde_json::Value) -> ResponseTemplate {

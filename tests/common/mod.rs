@@ -82,6 +82,29 @@ pub async fn start_with_metrics(
     }
 }
 
+/// Starts the server with the userli backend at `base_url` (token `test-token`),
+/// configured from `env` on top of that, as the binary would be.
+pub async fn start_userli(base_url: &str, env: &[(&str, &str)]) -> Running {
+    let mut vars: std::collections::HashMap<String, String> = [
+        ("USERLI_TOKEN", "test-token"),
+        ("USERLI_BASE_URL", base_url),
+    ]
+    .into_iter()
+    .chain(env.iter().copied())
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    vars.entry("LOOKUP_TIMEOUT".into())
+        .or_insert_with(|| "500ms".into());
+    let sources = userli_postfix_adapter::config::Sources {
+        file: None,
+        env: vars,
+    };
+    let config = loopback_config(userli_postfix_adapter::config::load(&sources).unwrap());
+    let metrics = Metrics::new().unwrap();
+    let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
+    start_with_metrics(config, backend, metrics).await
+}
+
 /// Starts the server on the demo fixture.
 pub async fn start_demo() -> Running {
     let config = loopback_config(Config::for_fixture(demo_fixture()));
