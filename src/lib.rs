@@ -26,6 +26,7 @@ mod log_throttle;
 pub mod lookup;
 pub mod metrics;
 pub mod normalize;
+pub mod policy;
 pub mod protocol;
 pub mod resilience;
 pub mod server;

@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use postfix_adapter_backend::{Address, BackendError, LookupBackend, async_trait};
+use postfix_adapter_backend::{Address, BackendError, LookupBackend, SmtpQuota, async_trait};
 use prometheus::IntGauge;
 use tokio::sync::Semaphore;
 
@@ -229,6 +229,9 @@ impl LookupBackend for GuardedBackend {
     }
     async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError> {
         self.call(self.inner.senders(address)).await
+    }
+    async fn smtp_quota(&self, login: &Address) -> Result<Option<SmtpQuota>, BackendError> {
+        self.call(self.inner.smtp_quota(login)).await
     }
     // Health checks bypass the breaker: they are how `/ready` sees the backend itself.
     async fn health(&self) -> Result<(), BackendError> {

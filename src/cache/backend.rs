@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use postfix_adapter_backend::{Address, BackendError, LookupBackend, async_trait};
+use postfix_adapter_backend::{Address, BackendError, LookupBackend, SmtpQuota, async_trait};
 
 use super::{AnswerCache, CacheSettings, Cacheable};
 
@@ -13,6 +13,7 @@ use super::{AnswerCache, CacheSettings, Cacheable};
 enum Answer {
     Flag(bool),
     List(Vec<String>),
+    Quota(Option<SmtpQuota>),
 }
 
 impl Cacheable for Answer {
@@ -20,6 +21,8 @@ impl Cacheable for Answer {
         match self {
             Self::Flag(f) => f.is_negative(),
             Self::List(l) => l.is_negative(),
+            // "No such login" is as cacheable as any other not-found answer.
+            Self::Quota(q) => q.is_none(),
         }
     }
 }
@@ -31,6 +34,7 @@ enum Question {
     Domain,
     Mailbox,
     Senders,
+    Quota,
 }
 
 /// A [`LookupBackend`] answering from a cache in front of another backend.
@@ -86,7 +90,9 @@ impl CachedBackend {
             .await?;
         match answer {
             Answer::Flag(f) => Ok(f),
-            Answer::List(_) => Err(BackendError::Other("cache holds a list for a flag".into())),
+            _ => Err(BackendError::Other(
+                "cache holds another answer type".into(),
+            )),
         }
     }
 
@@ -114,7 +120,9 @@ impl CachedBackend {
             .await?;
         match answer {
             Answer::List(l) => Ok(l),
-            Answer::Flag(_) => Err(BackendError::Other("cache holds a flag for a list".into())),
+            _ => Err(BackendError::Other(
+                "cache holds another answer type".into(),
+            )),
         }
     }
 }
@@ -141,6 +149,25 @@ impl LookupBackend for CachedBackend {
 
     async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError> {
         self.list("senders", Question::Senders, address).await
+    }
+
+    async fn smtp_quota(&self, login: &Address) -> Result<Option<SmtpQuota>, BackendError> {
+        let inner = Arc::clone(&self.inner);
+        let fetch_login = login.clone();
+        let answer = self
+            .cache
+            .get(
+                "smtp_quota",
+                (Question::Quota, login.as_str().to_owned()),
+                move || async move { Ok(Answer::Quota(inner.smtp_quota(&fetch_login).await?)) },
+            )
+            .await?;
+        match answer {
+            Answer::Quota(q) => Ok(q),
+            _ => Err(BackendError::Other(
+                "cache holds another answer type".into(),
+            )),
+        }
     }
 
     async fn health(&self) -> Result<(), BackendError> {

@@ -5,4 +5,5 @@
 //! the deadlines.
 
 pub mod netstring;
+pub mod policy;
 pub mod socketmap;

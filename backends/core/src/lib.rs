@@ -34,6 +34,22 @@ pub use error::{BackendError, BoxError};
 
 use std::sync::Arc;
 
+/// Sending limits of one login, userli's `smtp_quota` answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SmtpQuota {
+    /// Messages per rolling hour; `0` means no limit.
+    pub per_hour: u32,
+    /// Messages per rolling day; `0` means no limit.
+    pub per_day: u32,
+}
+
+impl SmtpQuota {
+    /// Whether neither window is limited.
+    pub fn is_unlimited(&self) -> bool {
+        self.per_hour == 0 && self.per_day == 0
+    }
+}
+
 /// A user directory the adapter can answer Postfix lookups from.
 ///
 /// Implementations must be cheap to call concurrently: the engine calls them from
@@ -58,6 +74,15 @@ pub trait LookupBackend: Send + Sync + 'static {
     /// The SASL logins allowed to use `address` as envelope sender
     /// (`smtpd_sender_login_maps`). An empty list means "nobody".
     async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError>;
+
+    /// The sending limits of the SASL login `login` (the policy server's quotas).
+    ///
+    /// `Ok(None)`: no such login, so no limit. The default says that for everyone,
+    /// which suits backends without quotas.
+    async fn smtp_quota(&self, login: &Address) -> Result<Option<SmtpQuota>, BackendError> {
+        let _ = login;
+        Ok(None)
+    }
 
     /// Whether the backend can answer right now; drives the `/ready` endpoint.
     ///
@@ -93,6 +118,9 @@ impl<T: LookupBackend + ?Sized> LookupBackend for Arc<T> {
     }
     async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError> {
         (**self).senders(address).await
+    }
+    async fn smtp_quota(&self, login: &Address) -> Result<Option<SmtpQuota>, BackendError> {
+        (**self).smtp_quota(login).await
     }
     async fn health(&self) -> Result<(), BackendError> {
         (**self).health().await

@@ -14,7 +14,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postfix_adapter_backend::{Address, BackendError, LookupBackend, async_trait};
+use postfix_adapter_backend::{Address, BackendError, LookupBackend, SmtpQuota, async_trait};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
 use url::Url;
@@ -149,6 +149,7 @@ enum Endpoint {
     Domain,
     Mailbox,
     Senders,
+    SmtpQuota,
     /// The readiness probe; it calls the `domain` route but gets its own label so
     /// probes do not distort the lookup metrics (`upstream-behaviour.md` §14.32).
     Health,
@@ -161,6 +162,7 @@ impl Endpoint {
             Self::Domain | Self::Health => "domain",
             Self::Mailbox => "mailbox",
             Self::Senders => "senders",
+            Self::SmtpQuota => "smtp_quota",
         }
     }
 
@@ -258,6 +260,19 @@ impl UserliBackend {
 
     /// One GET, returning the JSON body of a 200 answer.
     async fn get(&self, endpoint: Endpoint, key: &str) -> Result<Value, BackendError> {
+        self.get_or_not_found(endpoint, key)
+            .await?
+            .ok_or_else(|| BackendError::InvalidResponse("HTTP 404".into()))
+    }
+
+    /// One GET: the JSON body of a 200 answer, or `None` for userli's own 404
+    /// `{"error":"User not found"}` of the quota route. Any other 404 (a wrong base
+    /// URL, a missing route) is an error, never "no such user".
+    async fn get_or_not_found(
+        &self,
+        endpoint: Endpoint,
+        key: &str,
+    ) -> Result<Option<Value>, BackendError> {
         let url = self.url_for(endpoint, key)?;
         tracing::debug!(endpoint = endpoint.label(), key, "querying userli");
 
@@ -274,6 +289,19 @@ impl UserliBackend {
 
         match status {
             200 => {}
+            404 if matches!(endpoint, Endpoint::SmtpQuota) => {
+                let body = read_capped(response, MAX_ERROR_BODY_BYTES).await;
+                observation.finish();
+                let user_not_found = body
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                    == Some(serde_json::json!({"error": "User not found"}));
+                return if user_not_found {
+                    Ok(None)
+                } else {
+                    Err(BackendError::InvalidResponse("HTTP 404".into()))
+                };
+            }
             401 | 403 => {
                 let detail = error_detail(response).await;
                 observation.finish();
@@ -292,6 +320,7 @@ impl UserliBackend {
         observation.finish();
         let body = body?;
         serde_json::from_slice(&body)
+            .map(Some)
             .map_err(|err| BackendError::InvalidResponse(format!("malformed JSON body: {err}")))
     }
 
@@ -370,6 +399,19 @@ impl LookupBackend for UserliBackend {
 
     async fn senders(&self, address: &Address) -> Result<Vec<String>, BackendError> {
         self.list(Endpoint::Senders, address).await
+    }
+
+    async fn smtp_quota(&self, login: &Address) -> Result<Option<SmtpQuota>, BackendError> {
+        if !screen::address_ok(login) {
+            return Ok(None);
+        }
+        match self
+            .get_or_not_found(Endpoint::SmtpQuota, login.as_str())
+            .await?
+        {
+            None => Ok(None),
+            Some(value) => quota(value).map(Some),
+        }
     }
 
     async fn health(&self) -> Result<(), BackendError> {
@@ -499,6 +541,23 @@ fn string_list(value: Value) -> Result<Vec<String>, BackendError> {
 
 /// A `domain`/`mailbox` answer: a boolean; `null` counts as `false`, as upstream
 /// decoded it.
+/// `{"per_hour":N,"per_day":N}`, both non-negative integers (userli always sends both).
+fn quota(value: Value) -> Result<SmtpQuota, BackendError> {
+    let field = |name: &str| -> Result<u32, BackendError> {
+        value
+            .get(name)
+            .and_then(Value::as_u64)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX))
+            .ok_or_else(|| {
+                BackendError::InvalidResponse(format!("smtp_quota answer without a numeric {name}"))
+            })
+    };
+    Ok(SmtpQuota {
+        per_hour: field("per_hour")?,
+        per_day: field("per_day")?,
+    })
+}
+
 fn boolean(value: Value) -> Result<bool, BackendError> {
     match value {
         Value::Null => Ok(false),

@@ -1,0 +1,352 @@
+//! The policy (rate-limit) server's decisions: per-login hourly and daily sending
+//! quotas, checked at the end of each message.
+//!
+//! Quotas come from the backend ([`LookupBackend::smtp_quota`], cached like lookups);
+//! counts live in a [`store::QuotaStore`]. Any failure of either fails open
+//! (`DUNNO`, as upstream) unless configured to defer.
+
+pub mod store;
+pub mod window;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use postfix_adapter_backend::LookupBackend;
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts};
+
+use crate::log_throttle::LogThrottle;
+use crate::metrics::{LATENCY_BUCKETS, Metrics};
+use crate::normalize::Normalizer;
+use crate::protocol::policy::{Action, PolicyRequest};
+use store::QuotaStore;
+
+/// What is counted against the quota.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CountMode {
+    /// One per message (upstream).
+    Messages,
+    /// One per recipient (`recipient_count`).
+    Recipients,
+}
+
+/// Policy settings.
+#[derive(Debug, Clone)]
+pub struct PolicySettings {
+    /// The text after `REJECT`/`DEFER` (`RATE_LIMIT_MESSAGE`).
+    pub message: String,
+    /// Answer `DEFER` instead of `REJECT` when over quota.
+    pub defer_over_quota: bool,
+    /// Answer `DEFER` instead of `DUNNO` when the backend or store fails.
+    pub fail_closed: bool,
+    /// Use the envelope sender when there is no `sasl_username` (upstream did).
+    pub sender_fallback: bool,
+    /// Messages or recipients.
+    pub count: CountMode,
+    /// Deadline for the quota lookup and the store, each.
+    pub timeout: Duration,
+}
+
+/// The policy metrics, upstream's names and labels.
+#[derive(Clone, Debug)]
+pub struct PolicyMetrics {
+    /// `policy_active_connections`.
+    pub active_connections: IntGauge,
+    /// `policy_requests_total{stage,action}`.
+    pub requests: IntCounterVec,
+    /// `policy_request_duration_seconds{stage,action}`.
+    pub duration: HistogramVec,
+    /// `quota_exceeded_total`.
+    pub quota_exceeded: IntCounter,
+    /// `quota_checks_total{result}`.
+    pub quota_checks: IntCounterVec,
+    /// `policy_connection_pool_full_total`.
+    pub pool_full: IntCounter,
+    /// `ratelimit_backend_errors_total{operation}`: store failures.
+    pub store_errors: IntCounterVec,
+    /// `ratelimit_store_duration_seconds{store}` (new): store latency.
+    pub store_duration: HistogramVec,
+    /// `policy_quota_errors_total` (new): quota lookups that failed.
+    pub quota_errors: IntCounter,
+}
+
+impl PolicyMetrics {
+    /// Creates and registers the policy metrics on `metrics`' registry.
+    ///
+    /// # Errors
+    /// A [`prometheus::Error`] if registration fails (registered twice).
+    pub fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+        let ns = "userli_postfix_adapter";
+        let opts = |n: &str, h: &str| Opts::new(n, h).namespace(ns);
+        let m = Self {
+            active_connections: IntGauge::with_opts(opts(
+                "policy_active_connections",
+                "Number of active policy connections",
+            ))?,
+            requests: IntCounterVec::new(
+                opts(
+                    "policy_requests_total",
+                    "Policy requests by stage and action",
+                ),
+                &["stage", "action"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "policy_request_duration_seconds",
+                    "Duration of policy decisions",
+                )
+                .namespace(ns)
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["stage", "action"],
+            )?,
+            quota_exceeded: IntCounter::with_opts(opts(
+                "quota_exceeded_total",
+                "Messages over a sending quota",
+            ))?,
+            quota_checks: IntCounterVec::new(
+                opts("quota_checks_total", "Quota checks performed"),
+                &["result"],
+            )?,
+            pool_full: IntCounter::with_opts(opts(
+                "policy_connection_pool_full_total",
+                "Policy connections refused because all slots were in use",
+            ))?,
+            store_errors: IntCounterVec::new(
+                opts(
+                    "ratelimit_backend_errors_total",
+                    "Failures of the rate-limit store (messages were let through)",
+                ),
+                &["operation"],
+            )?,
+            store_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "ratelimit_store_duration_seconds",
+                    "Rate-limit store latency",
+                )
+                .namespace(ns)
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["store"],
+            )?,
+            quota_errors: IntCounter::with_opts(opts(
+                "policy_quota_errors_total",
+                "Quota lookups that failed (messages were let through unless failing closed)",
+            ))?,
+        };
+        let r = metrics.registry();
+        r.register(Box::new(m.active_connections.clone()))?;
+        r.register(Box::new(m.requests.clone()))?;
+        r.register(Box::new(m.duration.clone()))?;
+        r.register(Box::new(m.quota_exceeded.clone()))?;
+        r.register(Box::new(m.quota_checks.clone()))?;
+        r.register(Box::new(m.pool_full.clone()))?;
+        r.register(Box::new(m.store_errors.clone()))?;
+        r.register(Box::new(m.store_duration.clone()))?;
+        r.register(Box::new(m.quota_errors.clone()))?;
+        Ok(m)
+    }
+}
+
+/// A decision and where it was made, for metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The action to send.
+    pub action: Action,
+    /// `skip` (not the end of a message) or `check`.
+    pub stage: &'static str,
+    /// The `action` label; `error` when a failure let the message through.
+    pub label: &'static str,
+}
+
+/// Decides policy requests; shared by every policy connection.
+pub struct PolicyService {
+    backend: Arc<dyn LookupBackend>,
+    store: Arc<dyn QuotaStore>,
+    normalizer: Normalizer,
+    settings: PolicySettings,
+    metrics: PolicyMetrics,
+    warn_log: LogThrottle,
+}
+
+impl std::fmt::Debug for PolicyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyService")
+            .field("store", &self.store.name())
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PolicyService {
+    /// A service checking quotas from `backend` against counts in `store`.
+    pub fn new(
+        backend: Arc<dyn LookupBackend>,
+        store: Arc<dyn QuotaStore>,
+        normalizer: Normalizer,
+        settings: PolicySettings,
+        metrics: PolicyMetrics,
+    ) -> Self {
+        Self {
+            backend,
+            store,
+            normalizer,
+            settings,
+            metrics,
+            warn_log: LogThrottle::new(Duration::from_secs(10)),
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &PolicyMetrics {
+        &self.metrics
+    }
+
+    /// The store, to flush it at shutdown.
+    pub fn store(&self) -> &Arc<dyn QuotaStore> {
+        &self.store
+    }
+
+    fn failure(&self) -> Decision {
+        if self.settings.fail_closed {
+            Decision {
+                action: Action::Defer(
+                    "4.3.0 Temporary quota check failure, please try again later".into(),
+                ),
+                stage: "check",
+                label: "error",
+            }
+        } else {
+            Decision {
+                action: Action::Dunno,
+                stage: "check",
+                label: "error",
+            }
+        }
+    }
+
+    /// Decides one request and records its metrics.
+    pub async fn decide(&self, request: &PolicyRequest) -> Decision {
+        let started = Instant::now();
+        let decision = self.decide_inner(request).await;
+        self.metrics
+            .requests
+            .with_label_values(&[decision.stage, decision.label])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[decision.stage, decision.label])
+            .observe(started.elapsed().as_secs_f64());
+        decision
+    }
+
+    async fn decide_inner(&self, request: &PolicyRequest) -> Decision {
+        let dunno = |stage| Decision {
+            action: Action::Dunno,
+            stage,
+            label: "dunno",
+        };
+        if request.value("protocol_state") != "END-OF-MESSAGE" {
+            return dunno("skip");
+        }
+        let mut identity = request.value("sasl_username");
+        if identity.is_empty() && self.settings.sender_fallback {
+            identity = request.value("sender");
+        }
+        if identity.is_empty() {
+            return dunno("check");
+        }
+        // Normalised like lookup keys, so `User@x` and `user+1@x` share one bucket.
+        let Ok(login) = self.normalizer.address(identity.as_bytes()) else {
+            tracing::debug!(identity, "identity is no address, not rate limited");
+            return dunno("check");
+        };
+
+        let quota = tokio::time::timeout(self.settings.timeout, self.backend.smtp_quota(&login))
+            .await
+            .unwrap_or(Err(postfix_adapter_backend::BackendError::Timeout));
+        let quota = match quota {
+            Ok(Some(q)) if !q.is_unlimited() => q,
+            Ok(_) => return dunno("check"),
+            Err(e) => {
+                self.metrics.quota_errors.inc();
+                if let Some(suppressed) = self.warn_log.allow() {
+                    tracing::warn!(error = %e, similar_warnings_suppressed = suppressed, "Failed to fetch quota, allowing message");
+                }
+                return self.failure();
+            }
+        };
+
+        let weight = match self.settings.count {
+            CountMode::Messages => 1,
+            CountMode::Recipients => request
+                .value("recipient_count")
+                .parse::<u64>()
+                .unwrap_or(1)
+                .max(1),
+        };
+        let store_started = Instant::now();
+        let verdict = tokio::time::timeout(
+            self.settings.timeout,
+            self.store
+                .check(login.as_str(), quota, weight, SystemTime::now()),
+        )
+        .await;
+        self.metrics
+            .store_duration
+            .with_label_values(&[self.store.name()])
+            .observe(store_started.elapsed().as_secs_f64());
+        let verdict = match verdict {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return self.store_failure(&e.to_string()),
+            Err(_) => return self.store_failure("timeout"),
+        };
+        self.metrics
+            .quota_checks
+            .with_label_values(&["checked"])
+            .inc();
+        if verdict.allowed {
+            return dunno("check");
+        }
+        self.metrics.quota_exceeded.inc();
+        tracing::info!(
+            queue_id = request.value("queue_id"),
+            hour = verdict.hour,
+            day = verdict.day,
+            per_hour = quota.per_hour,
+            per_day = quota.per_day,
+            "Rate limit exceeded"
+        );
+        tracing::debug!(login = login.as_str(), "Rate limit exceeded for this login");
+        let text = self.settings.message.clone();
+        if self.settings.defer_over_quota {
+            Decision {
+                action: Action::Defer(text),
+                stage: "check",
+                label: "defer",
+            }
+        } else {
+            Decision {
+                action: Action::Reject(text),
+                stage: "check",
+                label: "reject",
+            }
+        }
+    }
+
+    fn store_failure(&self, why: &str) -> Decision {
+        self.metrics
+            .store_errors
+            .with_label_values(&["check"])
+            .inc();
+        if let Some(suppressed) = self.warn_log.allow() {
+            tracing::warn!(
+                store = self.store.name(),
+                error = why,
+                similar_warnings_suppressed = suppressed,
+                "rate-limit store failed, allowing message"
+            );
+        }
+        self.failure()
+    }
+}
+
+#[cfg(test)]
+mod tests;
