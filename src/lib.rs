@@ -48,9 +48,12 @@ use crate::http::{HttpState, Readiness};
 use crate::lookup::LookupService;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
+use crate::policy::store::{EmbeddedStore, QuotaStore};
+use crate::policy::{CountMode, PolicyMetrics, PolicyService, PolicySettings};
 use crate::resilience::{CircuitBreaker, GuardedBackend};
+use crate::server::policy::{PolicyHandler, PolicyLimits};
 use crate::server::socketmap::{ConnectionLimits, SocketmapHandler};
-use crate::server::{AcceptContext, BindError, BoundListener, LocalAddr};
+use crate::server::{AcceptContext, BindError, BoundListener, ConnectionMetrics, LocalAddr};
 
 /// A server with every listener bound, ready to [`run`](Server::run).
 ///
@@ -64,6 +67,21 @@ pub struct Server {
     readiness: Arc<Readiness>,
     socketmap: Vec<BoundListener>,
     http: Vec<BoundListener>,
+    policy: Option<(Arc<PolicyService>, Vec<BoundListener>)>,
+}
+
+/// The server cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listener cannot be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The quota store cannot be opened.
+    #[error("STATE_DIRECTORY/REDIS_URL: {0}")]
+    Store(#[from] policy::store::StoreError),
+    /// Metrics cannot be registered (a bug).
+    #[error("metrics: {0}")]
+    Metrics(prometheus::Error),
 }
 
 impl std::fmt::Debug for Server {
@@ -79,25 +97,71 @@ impl Server {
     /// Binds the socketmap and metrics listeners of `config`.
     ///
     /// # Errors
-    /// [`BindError`] if any listener cannot be bound.
+    /// [`ServerError`] if any listener cannot be bound or the quota store cannot
+    /// be opened.
     pub async fn bind(
         config: Config,
         backend: Arc<dyn LookupBackend>,
         metrics: Metrics,
-    ) -> Result<Self, BindError> {
+    ) -> Result<Self, ServerError> {
         metrics
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), backend.name()])
             .set(1);
-        let socketmap = server::bind(&config.socketmap_listen, config.unix_socket_mode).await?;
-        let http = match server::bind(&config.metrics_listen, config.unix_socket_mode).await {
+        let mode = config.unix_socket_mode;
+        let socketmap = server::bind(&config.socketmap_listen, mode).await?;
+        let http = match server::bind(&config.metrics_listen, mode).await {
             Ok(l) => l,
             Err(e) => {
                 server::remove_unix_sockets(&socketmap);
-                return Err(e);
+                return Err(e.into());
             }
         };
+        let policy_listeners = match &config.policy_listen {
+            None => Vec::new(),
+            Some(addr) => match server::bind(addr, mode).await {
+                Ok(l) => l,
+                Err(e) => {
+                    server::remove_unix_sockets(&socketmap);
+                    server::remove_unix_sockets(&http);
+                    return Err(e.into());
+                }
+            },
+        };
         let (backend, breaker) = protect(backend, &config, &metrics);
+        // The cache keeps the deadline itself, so it can answer stale in time.
+        let policy = if policy_listeners.is_empty() {
+            None
+        } else {
+            let store = match open_store(&config).await {
+                Ok(s) => s,
+                Err(e) => {
+                    for l in [&socketmap, &http, &policy_listeners] {
+                        server::remove_unix_sockets(l);
+                    }
+                    return Err(e);
+                }
+            };
+            let service = PolicyService::new(
+                backend.clone(),
+                store,
+                Normalizer::new(&config.recipient_delimiter),
+                PolicySettings {
+                    message: config.rate_limit_message.clone(),
+                    defer_over_quota: config.policy_defer_over_quota,
+                    fail_closed: config.policy_fail_closed,
+                    sender_fallback: config.policy_sender_fallback,
+                    count: if config.policy_count_recipients {
+                        CountMode::Recipients
+                    } else {
+                        CountMode::Messages
+                    },
+                    timeout: config.lookup_timeout,
+                },
+                PolicyMetrics::register(&metrics).map_err(ServerError::Metrics)?,
+            );
+            Some((Arc::new(service), policy_listeners))
+        };
         // The cache keeps the deadline itself, so it can answer stale in time.
         let service = Arc::new(LookupService::new(
             backend,
@@ -113,6 +177,7 @@ impl Server {
             readiness: Arc::new(Readiness::default()),
             socketmap,
             http,
+            policy,
         })
     }
 
@@ -121,6 +186,14 @@ impl Server {
         self.socketmap
             .iter()
             .map(BoundListener::local_addr)
+            .collect()
+    }
+
+    /// The bound policy addresses (empty when the policy server is off).
+    pub fn policy_addrs(&self) -> Vec<LocalAddr> {
+        self.policy
+            .iter()
+            .flat_map(|(_, ls)| ls.iter().map(BoundListener::local_addr))
             .collect()
     }
 
@@ -148,12 +221,14 @@ impl Server {
             readiness,
             socketmap,
             http,
+            policy,
         } = self;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
         let unix_sockets: Vec<_> = socketmap
             .iter()
             .chain(http.iter())
+            .chain(policy.iter().flat_map(|(_, ls)| ls.iter()))
             .filter_map(|l| match l {
                 BoundListener::Unix(_, p) => Some(p.clone()),
                 BoundListener::Tcp(_) => None,
@@ -170,7 +245,7 @@ impl Server {
         ));
         let ctx = AcceptContext {
             slots: Arc::new(Semaphore::new(config.max_connections)),
-            metrics: metrics.clone(),
+            metrics: ConnectionMetrics::socketmap(&metrics),
             shutdown: token.clone(),
             tracker: tracker.clone(),
             service: "socketmap",
@@ -183,6 +258,54 @@ impl Server {
                 handler.clone(),
                 ctx.clone(),
             )));
+        }
+
+        let mut flusher = None;
+        if let Some((policy_service, listeners)) = policy {
+            let handler = Arc::new(PolicyHandler::new(
+                policy_service.clone(),
+                PolicyLimits {
+                    idle_timeout: config.policy_idle_timeout,
+                    io_timeout: config.io_timeout,
+                },
+            ));
+            let metrics = policy_service.metrics();
+            let ctx = AcceptContext {
+                slots: Arc::new(Semaphore::new(config.max_connections)),
+                metrics: ConnectionMetrics {
+                    active: metrics.active_connections.clone(),
+                    pool_usage: None,
+                    pool_full: metrics.pool_full.clone(),
+                },
+                shutdown: token.clone(),
+                tracker: tracker.clone(),
+                service: "policy",
+            };
+            for listener in listeners {
+                tracing::info!(addr = %listener.local_addr(), store = policy_service.store().name(), "policy server listening");
+                accept_loops.push(tokio::spawn(server::accept_loop(
+                    listener,
+                    handler.clone(),
+                    ctx.clone(),
+                )));
+            }
+            let store = policy_service.store().clone();
+            let stop = token.clone();
+            flusher = Some((
+                store.clone(),
+                tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(STORE_FLUSH_INTERVAL);
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            _ = tick.tick() => {}
+                        }
+                        if let Err(e) = store.flush().await {
+                            tracing::error!(error = %e, "cannot save the quota windows");
+                        }
+                    }
+                }),
+            ));
         }
 
         let http_state = HttpState {
@@ -239,11 +362,30 @@ impl Server {
                 "grace period over, closing remaining connections"
             );
         }
+        if let Some((store, task)) = flusher {
+            task.abort();
+            if let Err(e) = store.flush().await {
+                tracing::error!(error = %e, "cannot save the quota windows at shutdown");
+            }
+        }
         http_stop.cancel();
         for task in http_tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
     }
+}
+
+/// How often the embedded quota store is saved; a crash loses at most this much.
+const STORE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Opens the quota store: Redis when `REDIS_URL` is set, else the embedded one.
+async fn open_store(config: &Config) -> Result<Arc<dyn QuotaStore>, ServerError> {
+    if let Some(url) = &config.redis_url {
+        let store =
+            policy::redis_store::RedisStore::connect(url.expose(), config.lookup_timeout).await?;
+        return Ok(Arc::new(store));
+    }
+    Ok(Arc::new(EmbeddedStore::open(&config.state_directory)?))
 }
 
 /// How long a backend call may run in the background after callers gave up, so a

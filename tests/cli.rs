@@ -112,6 +112,7 @@ fn a_listener_that_cannot_bind_is_fatal() {
     let out = fixture_env(&mut adapter())
         .env("SOCKETMAP_LISTEN_ADDR", &addr)
         .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
+        .env("POLICY_LISTEN_ADDR", "off")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

@@ -181,6 +181,24 @@ pub struct Config {
     pub breaker_failures: u32,
     /// `CIRCUIT_BREAKER_COOLDOWN`.
     pub breaker_cooldown: Duration,
+    /// `POLICY_LISTEN_ADDR`; `None` when `off`.
+    pub policy_listen: Option<ListenAddr>,
+    /// `RATE_LIMIT_MESSAGE`.
+    pub rate_limit_message: String,
+    /// `REDIS_URL`.
+    pub redis_url: Option<Secret>,
+    /// `STATE_DIRECTORY`.
+    pub state_directory: PathBuf,
+    /// `POLICY_SENDER_FALLBACK`.
+    pub policy_sender_fallback: bool,
+    /// `POLICY_COUNT` is `recipients`.
+    pub policy_count_recipients: bool,
+    /// `POLICY_OVER_QUOTA_ACTION` is `defer`.
+    pub policy_defer_over_quota: bool,
+    /// `POLICY_FAIL_MODE` is `closed`.
+    pub policy_fail_closed: bool,
+    /// `POLICY_IDLE_TIMEOUT`; `None` = never.
+    pub policy_idle_timeout: Option<Duration>,
     /// The effective value and origin of every setting, secrets redacted, for
     /// `check-config`.
     pub effective: Vec<(&'static str, String, String)>,
@@ -452,6 +470,10 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         ListenAddr::parse(v).map_err(|e| ConfigError::setting(env, o, e))
     };
     let socketmap_listen = listen("SOCKETMAP_LISTEN_ADDR")?;
+    let policy_listen = match raw.required("POLICY_LISTEN_ADDR").0.trim() {
+        "off" | "none" => None,
+        _ => Some(listen("POLICY_LISTEN_ADDR")?),
+    };
     let metrics_listen = listen("METRICS_LISTEN_ADDR")?;
     let ephemeral = matches!(
         &socketmap_listen,
@@ -551,6 +573,49 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             )
         })?;
 
+    let choice = |env: &str, options: [&str; 2]| -> Result<bool, ConfigError> {
+        let (v, o) = raw.required(env);
+        match v.trim().to_ascii_lowercase() {
+            x if x == options[0] => Ok(false),
+            x if x == options[1] => Ok(true),
+            _ => Err(ConfigError::setting(
+                env,
+                o,
+                format!("{v:?} is neither {} nor {}", options[0], options[1]),
+            )),
+        }
+    };
+    let policy_sender_fallback = choice("POLICY_SENDER_FALLBACK", ["false", "true"])?;
+    let policy_count_recipients = choice("POLICY_COUNT", ["messages", "recipients"])?;
+    let policy_defer_over_quota = choice("POLICY_OVER_QUOTA_ACTION", ["reject", "defer"])?;
+    let policy_fail_closed = choice("POLICY_FAIL_MODE", ["open", "closed"])?;
+    let policy_idle_timeout = Some(duration("POLICY_IDLE_TIMEOUT")?).filter(|d| !d.is_zero());
+    let (rate_limit_message, o) = raw.required("RATE_LIMIT_MESSAGE");
+    if rate_limit_message
+        .chars()
+        .any(|c| matches!(c, '\r' | '\n' | '\0'))
+    {
+        return Err(ConfigError::setting(
+            "RATE_LIMIT_MESSAGE",
+            o,
+            "must be one line (a line break would end Postfix's policy reply)",
+        ));
+    }
+    let redis_url = raw.get("REDIS_URL").map(|(v, _)| Secret::new(v.trim()));
+    if let Some(url) = &redis_url
+        && !(url.expose().starts_with("redis://")
+            || url.expose().starts_with("rediss://")
+            || url.expose().starts_with("unix://")
+            || url.expose().starts_with("redis+unix://"))
+    {
+        return Err(ConfigError::setting(
+            "REDIS_URL",
+            raw.required("REDIS_URL").1,
+            "must start with redis://, rediss://, unix:// or redis+unix://",
+        ));
+    }
+    let state_directory = PathBuf::from(raw.required("STATE_DIRECTORY").0);
+
     let (recipient_delimiter, _) = raw.required("POSTFIX_RECIPIENT_DELIMITER");
     if recipient_delimiter.contains('@') {
         return Err(ConfigError(
@@ -582,13 +647,23 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         backend_max_concurrency,
         breaker_failures,
         breaker_cooldown,
+        policy_listen,
+        rate_limit_message: rate_limit_message.to_owned(),
+        redis_url,
+        state_directory,
+        policy_sender_fallback,
+        policy_count_recipients,
+        policy_defer_over_quota,
+        policy_fail_closed,
+        policy_idle_timeout,
         effective,
     })
 }
 
 impl Config {
     /// A configuration with all defaults, answering from the fixture file at `path`;
-    /// convenient for tests and embedding.
+    /// convenient for tests and embedding. Unlike the binary's defaults, the policy
+    /// server is off (set `policy_listen` to enable it).
     pub fn for_fixture(path: impl Into<PathBuf>) -> Self {
         let sources = Sources {
             file: None,
@@ -597,7 +672,10 @@ impl Config {
                 ("FIXTURE_PATH".to_owned(), path.into().display().to_string()),
             ]),
         };
-        load(&sources).unwrap_or_else(|e| unreachable!("built-in defaults are valid: {e}"))
+        let mut config =
+            load(&sources).unwrap_or_else(|e| unreachable!("built-in defaults are valid: {e}"));
+        config.policy_listen = None;
+        config
     }
 
     /// Renders the effective configuration, one `NAME=value  # origin` per line.

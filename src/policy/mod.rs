@@ -5,6 +5,7 @@
 //! counts live in a [`store::QuotaStore`]. Any failure of either fails open
 //! (`DUNNO`, as upstream) unless configured to defer.
 
+pub mod redis_store;
 pub mod store;
 pub mod window;
 

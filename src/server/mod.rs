@@ -6,6 +6,7 @@
 //! servers behave alike.
 
 mod listener;
+pub mod policy;
 pub mod socketmap;
 
 pub use listener::{BindError, BoundListener, LocalAddr, bind, remove_unix_sockets};
@@ -21,6 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
+use prometheus::{IntCounter, IntGauge};
 
 /// Serves one connection of a protocol.
 pub trait ConnectionHandler: Send + Sync + 'static {
@@ -40,8 +42,8 @@ pub trait ConnectionHandler: Send + Sync + 'static {
 pub struct AcceptContext {
     /// Connection slots; a connection that finds none is closed at once.
     pub slots: Arc<Semaphore>,
-    /// Engine metrics (connection gauges, pool-full counter).
-    pub metrics: Metrics,
+    /// The service's connection gauges and pool-full counter.
+    pub metrics: ConnectionMetrics,
     /// Cancelled when the process shuts down.
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
@@ -50,16 +52,40 @@ pub struct AcceptContext {
     pub service: &'static str,
 }
 
+/// The connection metrics of one service.
+#[derive(Clone, Debug)]
+pub struct ConnectionMetrics {
+    /// Open connections.
+    pub active: IntGauge,
+    /// Used connection slots, where the service has such a gauge (socketmap).
+    pub pool_usage: Option<IntGauge>,
+    /// Connections refused because every slot was taken.
+    pub pool_full: IntCounter,
+}
+
+impl ConnectionMetrics {
+    /// The socketmap service's metrics.
+    pub fn socketmap(metrics: &Metrics) -> Self {
+        Self {
+            active: metrics.active_connections.clone(),
+            pool_usage: Some(metrics.connection_pool_usage.clone()),
+            pool_full: metrics.connection_pool_full.clone(),
+        }
+    }
+}
+
 /// Keeps the connection gauges right however a connection task ends.
 struct ConnectionGuard {
-    metrics: Metrics,
+    metrics: ConnectionMetrics,
     _permit: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl ConnectionGuard {
-    fn new(metrics: Metrics, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
-        metrics.active_connections.inc();
-        metrics.connection_pool_usage.inc();
+    fn new(metrics: ConnectionMetrics, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        metrics.active.inc();
+        if let Some(g) = &metrics.pool_usage {
+            g.inc();
+        }
         Self {
             metrics,
             _permit: permit,
@@ -69,8 +95,10 @@ impl ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        self.metrics.active_connections.dec();
-        self.metrics.connection_pool_usage.dec();
+        self.metrics.active.dec();
+        if let Some(g) = &self.metrics.pool_usage {
+            g.dec();
+        }
     }
 }
 
@@ -107,7 +135,7 @@ pub async fn accept_loop<H: ConnectionHandler>(
             }
         };
         let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
-            ctx.metrics.connection_pool_full.inc();
+            ctx.metrics.pool_full.inc();
             if let Some(suppressed) = full_log.allow() {
                 tracing::warn!(
                     service = ctx.service,

@@ -24,6 +24,10 @@ pub fn demo_fixture() -> PathBuf {
 pub fn loopback_config(mut config: Config) -> Config {
     config.socketmap_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
     config.metrics_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
+    // The default policy port would collide between tests running in parallel.
+    if config.policy_listen == Some(ListenAddr::AnyHost(10003)) {
+        config.policy_listen = None;
+    }
     config
 }
 
@@ -31,6 +35,8 @@ pub fn loopback_config(mut config: Config) -> Config {
 pub struct Running {
     pub socketmap: LocalAddr,
     pub http: SocketAddr,
+    /// The policy listener, when it is TCP.
+    pub policy: Option<SocketAddr>,
     pub metrics: Metrics,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
@@ -68,6 +74,10 @@ pub async fn start_with_metrics(
         .await
         .unwrap();
     let socketmap = server.socketmap_addrs()[0].clone();
+    let policy = server.policy_addrs().into_iter().find_map(|a| match a {
+        LocalAddr::Tcp(a) => Some(a),
+        LocalAddr::Unix(_) => None,
+    });
     let LocalAddr::Tcp(http) = server.http_addrs()[0].clone() else {
         panic!("metrics listener is TCP in tests")
     };
@@ -76,6 +86,7 @@ pub async fn start_with_metrics(
     Running {
         socketmap,
         http,
+        policy,
         metrics,
         stop,
         task,
@@ -191,6 +202,8 @@ pub struct Adapter {
     pub child: std::process::Child,
     pub socketmap: String,
     pub metrics: String,
+    /// The policy listener, when it was up before the other two (log order).
+    pub policy: Option<String>,
     pub lines: std::sync::mpsc::Receiver<String>,
 }
 
@@ -203,6 +216,11 @@ impl Adapter {
         cmd.env_clear()
             .env("SOCKETMAP_LISTEN_ADDR", "127.0.0.1:0")
             .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
+            .env("POLICY_LISTEN_ADDR", "127.0.0.1:0")
+            .env(
+                "STATE_DIRECTORY",
+                std::env::temp_dir().join(format!("upa-test-{}", std::process::id())),
+            )
             .env("LOG_FORMAT", "json")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
@@ -222,7 +240,7 @@ impl Adapter {
                 }
             }
         });
-        let (mut socketmap, mut metrics) = (None, None);
+        let (mut socketmap, mut metrics, mut policy) = (None, None, None);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while socketmap.is_none() || metrics.is_none() {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -232,6 +250,7 @@ impl Adapter {
             let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
             let addr = v["addr"].as_str().map(str::to_owned);
             match v["message"].as_str() {
+                Some("policy server listening") => policy = addr,
                 Some("socketmap server listening") => socketmap = addr,
                 Some("metrics server listening") => metrics = addr,
                 _ => {}
@@ -241,6 +260,7 @@ impl Adapter {
             child,
             socketmap: socketmap.unwrap(),
             metrics: metrics.unwrap(),
+            policy,
             lines,
         }
     }

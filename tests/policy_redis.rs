@@ -1,0 +1,476 @@
+//! The Redis quota store against a real `redis-server` (the Debian package).
+//!
+//! Every test starts its own throw-away server on a free loopback port, so tests
+//! run in parallel and never touch a Redis someone cares about. They are ignored
+//! by default because they need the binary:
+//! `cargo test --test policy_redis -- --include-ignored`.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use postfix_adapter_backend::SmtpQuota;
+use userli_postfix_adapter::policy::redis_store::RedisStore;
+use userli_postfix_adapter::policy::store::QuotaStore;
+
+const REDIS_SERVER: &str = "/usr/bin/redis-server";
+const OP_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// A `redis-server` child process, killed when dropped so a failing test does
+/// not leave servers behind.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers PING.
+    fn start() -> Self {
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        server.spawn();
+        server
+    }
+
+    /// A stopped server with a reserved port, for "Redis is down at start".
+    fn not_started() -> Self {
+        Self {
+            child: None,
+            port: free_port(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// (Re)starts the server on the same port, without persistence.
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "already running");
+        let child = Command::new(REDIS_SERVER)
+            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
+            .arg("--port")
+            .arg(self.port.to_string())
+            .arg("--dir")
+            .arg(self.dir.path())
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {REDIS_SERVER}: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ping(self.port) {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients) and waits for it.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether a server on `port` answers PING with PONG.
+fn ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 7];
+    stream.read_exact(&mut reply).is_ok() && &reply == b"+PONG\r\n"
+}
+
+fn quota(per_hour: u32, per_day: u32) -> SmtpQuota {
+    SmtpQuota { per_hour, per_day }
+}
+
+fn minutes(n: u64) -> Duration {
+    Duration::from_secs(n * 60)
+}
+
+async fn store(server: &RedisServer) -> RedisStore {
+    RedisStore::connect(&server.url(), OP_TIMEOUT)
+        .await
+        .unwrap()
+}
+
+/// A plain client, to look at what the store wrote.
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Checks until one succeeds (after Redis came back), or panics after `limit`.
+async fn check_until_ok(
+    store: &RedisStore,
+    identity: &str,
+    now: SystemTime,
+    limit: Duration,
+) -> userli_postfix_adapter::policy::window::Verdict {
+    let deadline = Instant::now() + limit;
+    loop {
+        match store.check(identity, quota(10, 0), 1, now).await {
+            Ok(v) => return v,
+            Err(e) => assert!(Instant::now() < deadline, "still failing: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn exactly_the_hourly_limit_is_allowed() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    assert_eq!(store.name(), "redis");
+    let now = SystemTime::now();
+    let a = store
+        .check("a@example.org", quota(2, 0), 1, now)
+        .await
+        .unwrap();
+    let b = store
+        .check("a@example.org", quota(2, 0), 1, now)
+        .await
+        .unwrap();
+    let c = store
+        .check("a@example.org", quota(2, 0), 1, now)
+        .await
+        .unwrap();
+    assert!(a.allowed && b.allowed);
+    assert!(!c.allowed, "the third message is over the limit");
+    assert_eq!((c.hour, c.day), (3, 3));
+    // Another sender has their own quota.
+    let other = store
+        .check("b@example.org", quota(2, 0), 1, now)
+        .await
+        .unwrap();
+    assert!(other.allowed);
+    assert_eq!((other.hour, other.day), (1, 1));
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn rejected_attempts_keep_counting() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let now = SystemTime::now();
+    let mut last = None;
+    for _ in 0..5 {
+        last = Some(store.check("spam@x", quota(1, 0), 1, now).await.unwrap());
+    }
+    let last = last.unwrap();
+    assert!(!last.allowed);
+    assert_eq!(
+        (last.hour, last.day),
+        (5, 5),
+        "rejected attempts are recorded"
+    );
+    // A daily limit sees them too, after the hour has passed.
+    let later = store
+        .check("spam@x", quota(1, 5), 1, now + minutes(61))
+        .await
+        .unwrap();
+    assert_eq!((later.hour, later.day), (1, 6));
+    assert!(!later.allowed, "over the daily limit");
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn the_hour_and_day_windows_slide() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let t = SystemTime::now();
+    for _ in 0..2 {
+        assert!(
+            store
+                .check("a@x", quota(2, 10), 1, t)
+                .await
+                .unwrap()
+                .allowed
+        );
+    }
+    assert!(
+        !store
+            .check("a@x", quota(2, 10), 1, t)
+            .await
+            .unwrap()
+            .allowed
+    );
+
+    let v = store
+        .check("a@x", quota(2, 10), 1, t + minutes(61))
+        .await
+        .unwrap();
+    assert!(v.allowed, "the hour has passed");
+    assert_eq!((v.hour, v.day), (1, 4), "the day still counts");
+
+    // A day after the first messages their bucket is gone from the hash.
+    let v = store
+        .check("a@x", quota(2, 10), 1, t + minutes(24 * 60 + 1))
+        .await
+        .unwrap();
+    assert_eq!((v.hour, v.day), (1, 2));
+    let mut con = raw(&server).await;
+    let fields: u64 = redis::cmd("HLEN")
+        .arg(store.key_of("a@x"))
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(fields, 2, "expired buckets are deleted");
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn instances_share_one_quota() {
+    let server = RedisServer::start();
+    let a = store(&server).await;
+    let b = store(&server).await;
+    let now = SystemTime::now();
+    assert!(
+        a.check("shared@x", quota(2, 0), 1, now)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert!(
+        a.check("shared@x", quota(2, 0), 1, now)
+            .await
+            .unwrap()
+            .allowed
+    );
+    let v = b.check("shared@x", quota(2, 0), 1, now).await.unwrap();
+    assert!(!v.allowed, "instance B sees instance A's messages");
+    assert_eq!((v.hour, v.day), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "needs redis-server"]
+async fn concurrent_checks_never_exceed_the_limit() {
+    let server = RedisServer::start();
+    // Two instances, so the race is also across connections.
+    let stores = [
+        Arc::new(store(&server).await),
+        Arc::new(store(&server).await),
+    ];
+    let now = SystemTime::now();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let store = stores[i % 2].clone();
+            tokio::spawn(async move { store.check("race@x", quota(10, 0), 1, now).await })
+        })
+        .collect();
+    let mut allowed = 0;
+    let mut max_hour = 0;
+    for task in tasks {
+        let v = task.await.unwrap().unwrap();
+        allowed += usize::from(v.allowed);
+        max_hour = max_hour.max(v.hour);
+    }
+    assert_eq!(
+        allowed, 10,
+        "exactly the limit, however the checks interleave"
+    );
+    assert_eq!(max_hour, 50);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn weights_count_recipients() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let now = SystemTime::now();
+    let v = store.check("bulk@x", quota(5, 0), 3, now).await.unwrap();
+    assert!(v.allowed);
+    let v = store.check("bulk@x", quota(5, 0), 3, now).await.unwrap();
+    assert!(!v.allowed);
+    assert_eq!((v.hour, v.day), (6, 6));
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn keys_expire_after_25_hours() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    store
+        .check("ttl@x", quota(1, 0), 1, SystemTime::now())
+        .await
+        .unwrap();
+    let key = store.key_of("ttl@x");
+    assert_eq!(key, "userli:ratelimit:v2:ttl@x");
+    let mut con = raw(&server).await;
+    let ttl_ms: i64 = redis::cmd("PTTL")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(
+        ttl_ms > 24 * 3_600_000,
+        "longer than the day window: {ttl_ms}"
+    );
+    assert!(ttl_ms <= 25 * 3_600_000, "at most 25 h: {ttl_ms}");
+    let kind: String = redis::cmd("TYPE")
+        .arg(&key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(kind, "hash");
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn a_flushed_script_is_loaded_again() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let now = SystemTime::now();
+    store.check("s@x", quota(5, 0), 1, now).await.unwrap();
+    let mut con = raw(&server).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let v = store.check("s@x", quota(5, 0), 1, now).await.unwrap();
+    assert_eq!((v.hour, v.day), (2, 2), "NOSCRIPT falls back to loading it");
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn redis_going_away_fails_fast_and_coming_back_recovers() {
+    let mut server = RedisServer::start();
+    let store = store(&server).await;
+    let now = SystemTime::now();
+    assert!(store.check("a@x", quota(10, 0), 1, now).await.is_ok());
+
+    server.kill();
+    for _ in 0..5 {
+        let started = Instant::now();
+        let result = store.check("a@x", quota(10, 0), 1, now).await;
+        let took = started.elapsed();
+        assert!(result.is_err(), "no Redis, no verdict");
+        assert!(
+            took < OP_TIMEOUT + Duration::from_millis(150),
+            "bounded by the op timeout, took {took:?}"
+        );
+    }
+
+    server.spawn();
+    let v = check_until_ok(&store, "a@x", now, Duration::from_secs(10)).await;
+    // The restarted server kept nothing (no persistence): counting starts over.
+    assert_eq!((v.hour, v.day), (1, 1));
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn redis_down_at_start_is_not_fatal() {
+    let mut server = RedisServer::not_started();
+    let store = RedisStore::connect(&server.url(), OP_TIMEOUT)
+        .await
+        .expect("fail open: the adapter starts without Redis");
+    let now = SystemTime::now();
+    let started = Instant::now();
+    assert!(store.check("a@x", quota(10, 0), 1, now).await.is_err());
+    assert!(started.elapsed() < OP_TIMEOUT + Duration::from_millis(150));
+
+    server.spawn();
+    let v = check_until_ok(&store, "a@x", now, Duration::from_secs(10)).await;
+    assert!(v.allowed);
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn a_wrong_password_is_fatal_and_not_logged() {
+    let server = RedisServer::start();
+    let mut con = raw(&server).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("right-one")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let url = format!("redis://:wrong-one@127.0.0.1:{}", server.port);
+    let err = RedisStore::connect(&url, OP_TIMEOUT).await.unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("REDIS_URL"), "{text}");
+    assert!(!text.contains("wrong-one"), "{text}");
+
+    let url = format!("redis://:right-one@127.0.0.1:{}", server.port);
+    let store = RedisStore::connect(&url, OP_TIMEOUT).await.unwrap();
+    assert!(!format!("{store:?}").contains("right-one"));
+    assert!(
+        store
+            .check("a@x", quota(1, 0), 1, SystemTime::now())
+            .await
+            .unwrap()
+            .allowed
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn a_redis_that_stops_answering_fails_fast_and_recovers() {
+    let server = RedisServer::start();
+    let store = store(&server).await;
+    let now = SystemTime::now();
+    assert!(store.check("a@x", quota(100, 0), 1, now).await.is_ok());
+    let pid = server.child.as_ref().unwrap().id().to_string();
+    let signal = |sig: &str| {
+        let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(status.success());
+    };
+
+    // Frozen, not gone: the connection stays open but nothing answers. Long
+    // enough for the store to give up on the connection and make a new one.
+    signal("-STOP");
+    let frozen = Instant::now();
+    while frozen.elapsed() < Duration::from_secs(6) {
+        let started = Instant::now();
+        let result = store.check("a@x", quota(100, 0), 1, now).await;
+        let took = started.elapsed();
+        assert!(result.is_err());
+        assert!(
+            took < OP_TIMEOUT + Duration::from_millis(150),
+            "took {took:?}"
+        );
+    }
+    signal("-CONT");
+    let v = check_until_ok(&store, "a@x", now, Duration::from_secs(10)).await;
+    assert!(v.hour >= 2, "the data survived: {v:?}");
+}
