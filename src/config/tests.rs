@@ -246,3 +246,43 @@ fn for_fixture_builds() {
     let c = Config::for_fixture("/x.toml");
     assert_eq!(c.fixture_path.as_deref(), Some(Path::new("/x.toml")));
 }
+
+#[test]
+fn policy_settings() {
+    let c = load(&env(&[("USERLI_TOKEN", "t")])).unwrap();
+    assert_eq!(
+        c.policy_listen,
+        Some(ListenAddr::AnyHost(10003)),
+        "upstream default"
+    );
+    assert_eq!(
+        c.rate_limit_message,
+        "Rate limit exceeded, please try again later"
+    );
+    assert!(!c.policy_sender_fallback && !c.policy_defer_over_quota && !c.policy_fail_closed);
+    let c = load(&env(&[
+        ("USERLI_TOKEN", "t"),
+        ("POLICY_LISTEN_ADDR", "off"),
+        ("POLICY_COUNT", "recipients"),
+        ("POLICY_OVER_QUOTA_ACTION", "defer"),
+        ("POLICY_FAIL_MODE", "closed"),
+        ("POLICY_SENDER_FALLBACK", "true"),
+        ("REDIS_URL", "redis://:pw@127.0.0.1:6379/0"),
+    ]))
+    .unwrap();
+    assert_eq!(c.policy_listen, None);
+    assert!(c.policy_count_recipients && c.policy_defer_over_quota && c.policy_fail_closed);
+    assert!(
+        !c.render_effective().contains(":pw@"),
+        "REDIS_URL is redacted"
+    );
+    for (name, value) in [
+        ("RATE_LIMIT_MESSAGE", "two\nlines"),
+        ("POLICY_COUNT", "bytes"),
+        ("POLICY_FAIL_MODE", "sideways"),
+        ("REDIS_URL", "localhost:6379"),
+    ] {
+        let e = err(&[("USERLI_TOKEN", "t"), (name, value)]);
+        assert!(e.starts_with(name), "{name}: {e}");
+    }
+}

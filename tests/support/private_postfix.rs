@@ -42,6 +42,12 @@ impl PrivatePostfix {
     /// adapter's socketmap at `socketmap` ("127.0.0.1:PORT"), and waits for its
     /// SMTP banner.
     pub(crate) fn start(socketmap: &str) -> Self {
+        Self::start_with(socketmap, "")
+    }
+
+    /// Like [`Self::start`], with `extra_main_cf` appended to `main.cf`: a later
+    /// `name = value` overrides an earlier one, so this can replace defaults too.
+    pub(crate) fn start_with(socketmap: &str, extra_main_cf: &str) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("private-postfix-")
             .tempdir()
@@ -57,7 +63,12 @@ impl PrivatePostfix {
         std::fs::create_dir(&queue).expect("create queue dir");
         set_mode(&queue, 0o755);
         let port = free_port();
-        write(&etc.join("main.cf"), &main_cf(dir.path(), socketmap));
+        let mut main = main_cf(dir.path(), socketmap);
+        main.push_str(extra_main_cf);
+        if !main.ends_with('\n') {
+            main.push('\n');
+        }
+        write(&etc.join("main.cf"), &main);
         write(&etc.join("master.cf"), &master_cf(port));
 
         // `postfix check` runs post-install create-missing (queue subdirectories with
