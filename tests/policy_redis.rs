@@ -474,3 +474,96 @@ async fn a_redis_that_stops_answering_fails_fast_and_recovers() {
     let v = check_until_ok(&store, "a@x", now, Duration::from_secs(10)).await;
     assert!(v.hour >= 2, "the data survived: {v:?}");
 }
+
+/// Two adapter servers in front of one Redis enforce one quota through the real
+/// policy protocol; when Redis goes away, mail flows (fail open) and it is counted.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server"]
+async fn two_adapters_share_one_quota_and_fail_open_without_redis() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use userli_postfix_adapter::config::{Config, ListenAddr};
+
+    async fn ask(conn: &mut tokio::net::TcpStream, login: &str) -> String {
+        let request = format!(
+            "request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nsasl_username={login}\n\n"
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        while !reply.ends_with(b"\n\n") {
+            assert!(
+                conn.read(&mut byte).await.unwrap() > 0,
+                "closed before the reply"
+            );
+            reply.push(byte[0]);
+        }
+        String::from_utf8(reply).unwrap()
+    }
+
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("f.toml");
+    std::fs::write(
+        &fixture,
+        "domains = [\"example.org\"]\n[[users]]\nemail = \"limited@example.org\"\nsmtp_quota = { per_hour = 2 }\n",
+    )
+    .unwrap();
+    let mut servers = Vec::new();
+    for _ in 0..2 {
+        let mut config = Config::for_fixture(&fixture);
+        config.socketmap_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
+        config.metrics_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
+        config.policy_listen = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+        config.redis_url = Some(userli_postfix_adapter::config::Secret::new(redis.url()));
+        config.lookup_timeout = Duration::from_millis(300);
+        let metrics = userli_postfix_adapter::metrics::Metrics::new().unwrap();
+        let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
+        let server = userli_postfix_adapter::Server::bind(config, backend, metrics.clone())
+            .await
+            .unwrap();
+        let userli_postfix_adapter::server::LocalAddr::Tcp(addr) = server.policy_addrs()[0].clone()
+        else {
+            panic!("TCP policy listener expected")
+        };
+        let stop = tokio_util::sync::CancellationToken::new();
+        let task = tokio::spawn(server.run(stop.clone().cancelled_owned()));
+        servers.push((addr, metrics, stop, task));
+    }
+    let mut a = tokio::net::TcpStream::connect(servers[0].0).await.unwrap();
+    let mut b = tokio::net::TcpStream::connect(servers[1].0).await.unwrap();
+    assert_eq!(ask(&mut a, "limited@example.org").await, "action=DUNNO\n\n");
+    assert_eq!(ask(&mut b, "limited@example.org").await, "action=DUNNO\n\n");
+    assert!(
+        ask(&mut a, "limited@example.org")
+            .await
+            .starts_with("action=REJECT")
+    );
+    assert!(
+        ask(&mut b, "limited@example.org")
+            .await
+            .starts_with("action=REJECT")
+    );
+
+    redis.kill();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        ask(&mut a, "limited@example.org").await,
+        "action=DUNNO\n\n",
+        "fail open"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        servers[0].1.render().contains(
+            "userli_postfix_adapter_ratelimit_backend_errors_total{operation=\"check\"} 1"
+        )
+    );
+    drop((a, b));
+    for (_, _, stop, task) in servers {
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
