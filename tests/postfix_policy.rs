@@ -21,6 +21,8 @@
 //! Needs root, Postfix and swaks, hence ignored by default.
 
 mod common;
+// Not every helper is used here (`rcpt` is for recipient-only checks).
+#[allow(dead_code)]
 #[path = "support/private_postfix.rs"]
 mod private_postfix;
 
@@ -78,7 +80,8 @@ fn quota_adapter(state: &tempfile::TempDir, extra: &[(&str, &str)]) -> Adapter {
 }
 
 /// main.cf lines that ask the policy service at `policy` ("127.0.0.1:PORT") at the
-/// end of each message, as the README recommends, failing open when it is down.
+/// end of each message (the README's `smtpd_end_of_data_restrictions`), failing
+/// open when it is down (`default_action=DUNNO`, which the README's line lacks).
 fn policy_main_cf(policy: &str) -> String {
     format!(
         "smtpd_end_of_data_restrictions = \
@@ -203,41 +206,38 @@ fn over_quota_message_is_deferred_when_configured() {
 #[test]
 #[ignore = "needs postfix and swaks"]
 fn policy_server_down_fails_open_with_default_action_dunno() {
-    let state = tempfile::tempdir().expect("create a tempdir");
-    let adapter = quota_adapter(&state, &[]);
-    let policy = adapter.policy.clone().expect("policy listener");
-    let socketmap = adapter.socketmap.clone();
-    let postfix = PrivatePostfix::start_with(&socketmap, &policy_main_cf(&policy));
-    assert_accepted(&send(&postfix, "limited@example.org"), "1st of 2");
-    assert_accepted(&send(&postfix, "limited@example.org"), "2nd of 2");
-
-    // A second adapter keeps the socketmap up (recipients still have to be looked
-    // up); only the policy service goes away. Its policy listener is elsewhere.
+    // Two adapters: `lookups` serves the socketmaps (recipients still have to be
+    // looked up), `policy` only the policy service, so it can go away alone.
     let lookups_state = tempfile::tempdir().expect("create a tempdir");
     let lookups = quota_adapter(&lookups_state, &[]);
-    let lookups_only = PrivatePostfix::start_with(&lookups.socketmap, &policy_main_cf(&policy));
+    let policy_state = tempfile::tempdir().expect("create a tempdir");
+    let policy = quota_adapter(&policy_state, &[]);
+    let policy_addr = policy.policy.clone().expect("policy listener");
+    let postfix = PrivatePostfix::start_with(&lookups.socketmap, &policy_main_cf(&policy_addr));
+    // Up first, so smtpd holds a policy connection that then goes dead.
+    assert_accepted(&send(&postfix, "limited@example.org"), "1st of 2");
+    assert_accepted(&send(&postfix, "limited@example.org"), "2nd of 2");
     assert!(
-        adapter.terminate().success(),
+        policy.terminate().success(),
         "adapter exits cleanly on SIGTERM"
     );
     // Over quota, but nobody is there to say so: Postfix's default_action decides.
     assert_accepted(
-        &send(&lookups_only, "limited@example.org"),
+        &send(&postfix, "limited@example.org"),
         "3rd of 2, policy server down",
     );
-    lookups_only.wait_for_log(&["warning: connect to ", &policy]);
+    postfix.wait_for_log(&["warning: connect to ", &policy_addr]);
 
     // Without default_action, Postfix answers its own 451 4.3.5: the fail-open
     // behaviour above comes from the main.cf setting, not from luck.
     let strict = PrivatePostfix::start_with(
         &lookups.socketmap,
-        &format!("smtpd_end_of_data_restrictions = check_policy_service inet:{policy}\n"),
+        &format!("smtpd_end_of_data_restrictions = check_policy_service inet:{policy_addr}\n"),
     );
     let t = send(&strict, "user@example.org");
     let reply = t.reply_to(".");
     assert!(reply.starts_with("451 4.3.5 "), "{reply}\n{}", t.text);
     assert_eq!(t.exit, Some(SWAKS_DATA_REFUSED), "{}", t.text);
-    drop(postfix);
 
     // And a port where no policy server ever listened, same as a dead one.
     let never = format!("127.0.0.1:{}", free_port());
