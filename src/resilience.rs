@@ -233,6 +233,13 @@ impl LookupBackend for GuardedBackend {
     async fn smtp_quota(&self, login: &Address) -> Result<Option<SmtpQuota>, BackendError> {
         self.call(self.inner.smtp_quota(login)).await
     }
+    async fn authenticate(
+        &self,
+        login: &Address,
+        password: &[u8],
+    ) -> Result<postfix_adapter_backend::AuthOutcome, BackendError> {
+        self.call(self.inner.authenticate(login, password)).await
+    }
     // Health checks bypass the breaker: they are how `/ready` sees the backend itself.
     async fn health(&self) -> Result<(), BackendError> {
         self.inner.health().await

@@ -170,6 +170,15 @@ impl LookupBackend for CachedBackend {
         }
     }
 
+    /// Never cached: a password check must always ask the directory.
+    async fn authenticate(
+        &self,
+        login: &Address,
+        password: &[u8],
+    ) -> Result<postfix_adapter_backend::AuthOutcome, BackendError> {
+        self.inner.authenticate(login, password).await
+    }
+
     async fn health(&self) -> Result<(), BackendError> {
         self.inner.health().await
     }

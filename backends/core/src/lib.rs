@@ -34,6 +34,21 @@ pub use error::{BackendError, BoxError};
 
 use std::sync::Arc;
 
+/// The verdict on a login and password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The password is right and the login may authenticate.
+    Success,
+    /// The login may not authenticate: wrong password, unknown or disabled user.
+    /// `reason` is shown to the SMTP client (for example userli's
+    /// `user disabled due to spam role`); it must not reveal whether the user exists
+    /// beyond what the directory itself says.
+    Failure {
+        /// Text for the SMTP client.
+        reason: String,
+    },
+}
+
 /// Sending limits of one login, userli's `smtp_quota` answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SmtpQuota {
@@ -84,6 +99,23 @@ pub trait LookupBackend: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Checks `password` for the SASL login `login` (SMTP AUTH through the Dovecot
+    /// protocol). The password is passed byte-exact, as the client sent it.
+    ///
+    /// A wrong password is `Ok(AuthOutcome::Failure)`; only "could not check" is an
+    /// error (the engine then drops the auth connection so Postfix answers 454, a
+    /// temporary failure, instead of 535). The default cannot check anything.
+    async fn authenticate(
+        &self,
+        login: &Address,
+        password: &[u8],
+    ) -> Result<AuthOutcome, BackendError> {
+        let _ = (login, password);
+        Err(BackendError::Other(
+            "this backend does not support authentication".into(),
+        ))
+    }
+
     /// Whether the backend can answer right now; drives the `/ready` endpoint.
     ///
     /// The default says "always ready", which suits backends without remote parts.
@@ -121,6 +153,13 @@ impl<T: LookupBackend + ?Sized> LookupBackend for Arc<T> {
     }
     async fn smtp_quota(&self, login: &Address) -> Result<Option<SmtpQuota>, BackendError> {
         (**self).smtp_quota(login).await
+    }
+    async fn authenticate(
+        &self,
+        login: &Address,
+        password: &[u8],
+    ) -> Result<AuthOutcome, BackendError> {
+        (**self).authenticate(login, password).await
     }
     async fn health(&self) -> Result<(), BackendError> {
         (**self).health().await
