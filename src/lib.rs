@@ -29,6 +29,7 @@ pub mod normalize;
 pub mod policy;
 pub mod protocol;
 pub mod resilience;
+pub mod sasl;
 pub mod server;
 
 pub use postfix_adapter_backend as backend_api;

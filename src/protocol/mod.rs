@@ -4,6 +4,7 @@
 //! and fuzzed in isolation; the servers in [`crate::server`] own the buffers and
 //! the deadlines.
 
+pub mod dovecot;
 pub mod netstring;
 pub mod policy;
 pub mod socketmap;

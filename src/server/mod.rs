@@ -7,6 +7,7 @@
 
 mod listener;
 pub mod policy;
+pub mod sasl;
 pub mod socketmap;
 
 pub use listener::{BindError, BoundListener, LocalAddr, bind, remove_unix_sockets};

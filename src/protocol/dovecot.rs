@@ -1,0 +1,361 @@
+//! The Dovecot authentication protocol as Postfix speaks it (`xsasl_dovecot_server.c`):
+//! TAB-separated lines, a server handshake, then `AUTH`/`CONT` requests answered by
+//! `OK`, `CONT` or `FAIL`.
+//!
+//! Everything here is pure: line splitting, request parsing, SASL payload decoding
+//! and reply rendering. Values copied into a reply are sanitised so a user name or
+//! reason can never end a line or add a field.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+/// Dovecot's maximum line length, which Postfix respects.
+pub const MAX_LINE: usize = 16384;
+
+/// The server handshake. `MECH` lines come before `SPID`: Postfix 3.0+ takes a
+/// `SPID` without an earlier `MECH` for the wrong (master) socket and gives up.
+pub fn server_handshake(pid: u32, cuid: u64, cookie: &str) -> String {
+    format!(
+        "VERSION\t1\t2\nMECH\tPLAIN\tplaintext\nMECH\tLOGIN\tplaintext\nSPID\t{pid}\nCUID\t{cuid}\nCOOKIE\t{cookie}\nDONE\n"
+    )
+}
+
+/// A client line during the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HandshakeLine {
+    /// `VERSION major minor`.
+    Version(u32),
+    /// `CPID pid`.
+    Cpid,
+    /// Anything else (ignored).
+    Other,
+}
+
+/// Why a client line is unacceptable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    /// `VERSION` without two numbers.
+    #[error("invalid VERSION line")]
+    InvalidVersion,
+    /// A major version other than 1.
+    #[error("unsupported major version {0}")]
+    UnsupportedVersion(u32),
+}
+
+/// Parses a handshake line.
+///
+/// # Errors
+/// [`ProtocolError`] for a malformed or unsupported `VERSION`.
+pub fn parse_handshake(line: &str) -> Result<HandshakeLine, ProtocolError> {
+    let mut fields = line.split('\t');
+    match fields.next() {
+        Some("VERSION") => {
+            let major = fields
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or(ProtocolError::InvalidVersion)?;
+            fields
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+                .ok_or(ProtocolError::InvalidVersion)?;
+            if major != 1 {
+                return Err(ProtocolError::UnsupportedVersion(major));
+            }
+            Ok(HandshakeLine::Version(major))
+        }
+        Some("CPID") => Ok(HandshakeLine::Cpid),
+        _ => Ok(HandshakeLine::Other),
+    }
+}
+
+/// The mechanisms we offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// RFC 4616.
+    Plain,
+    /// The de-facto `LOGIN` mechanism.
+    Login,
+}
+
+impl Mechanism {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::Login => "LOGIN",
+        }
+    }
+}
+
+/// A client request line after the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientLine {
+    /// `AUTH id mech params...`.
+    Auth(AuthRequest),
+    /// `CONT id data`.
+    Cont {
+        /// Request id.
+        id: String,
+        /// Base64 response (may be empty).
+        data: String,
+    },
+    /// An `AUTH` with fewer than three fields.
+    InvalidAuth,
+    /// Anything else; ignored.
+    Other,
+}
+
+/// An `AUTH` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthRequest {
+    /// The request id to echo.
+    pub id: String,
+    /// The mechanism, or `None` for one we do not offer.
+    pub mechanism: Option<Mechanism>,
+    /// The initial response (`resp=`), still base64.
+    pub initial_response: Option<String>,
+    /// The SMTP client's address (`rip=`), for brute-force counters.
+    pub remote_ip: Option<String>,
+}
+
+/// Parses a request line.
+pub fn parse_client_line(line: &str) -> ClientLine {
+    let fields: Vec<&str> = line.split('\t').collect();
+    match fields[0] {
+        "AUTH" if fields.len() >= 3 => {
+            let mechanism = match fields[2].to_ascii_uppercase().as_str() {
+                "PLAIN" => Some(Mechanism::Plain),
+                "LOGIN" => Some(Mechanism::Login),
+                _ => None,
+            };
+            let param = |name: &str| {
+                fields[3..]
+                    .iter()
+                    .find_map(|f| f.strip_prefix(name))
+                    .map(str::to_owned)
+            };
+            ClientLine::Auth(AuthRequest {
+                id: fields[1].to_owned(),
+                mechanism,
+                initial_response: param("resp="),
+                remote_ip: param("rip=").filter(|ip| !ip.is_empty()),
+            })
+        }
+        "AUTH" => ClientLine::InvalidAuth,
+        "CONT" if fields.len() >= 2 => ClientLine::Cont {
+            id: fields[1].to_owned(),
+            data: fields.get(2).copied().unwrap_or("").to_owned(),
+        },
+        _ => ClientLine::Other,
+    }
+}
+
+/// Why SASL client data is unusable; the text goes into `FAIL reason=`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SaslError {
+    /// Not base64.
+    #[error("invalid base64 data")]
+    Base64,
+    /// The PLAIN payload is not `authzid NUL authcid NUL password`.
+    #[error("invalid PLAIN payload format")]
+    PlainFormat,
+    /// An empty login or password.
+    #[error("empty username or password")]
+    Empty,
+    /// A PLAIN authorization identity other than the login (impersonation).
+    #[error("authorization identity differs from the login")]
+    Authzid,
+    /// A login name that is not UTF-8.
+    #[error("username is not valid UTF-8")]
+    LoginNotUtf8,
+}
+
+/// Decodes standard base64 (strict padding).
+///
+/// # Errors
+/// [`SaslError::Base64`].
+pub fn decode_base64(data: &str) -> Result<Vec<u8>, SaslError> {
+    STANDARD.decode(data.trim()).map_err(|_| SaslError::Base64)
+}
+
+/// Login and password from a decoded PLAIN payload. The password stays bytes: it
+/// is passed on exactly as the client sent it.
+///
+/// # Errors
+/// [`SaslError`] for a malformed payload, empty fields or a foreign authzid.
+pub fn parse_plain(payload: &[u8]) -> Result<(String, Vec<u8>), SaslError> {
+    let mut parts = payload.splitn(3, |&b| b == 0);
+    let (Some(authzid), Some(authcid), Some(password)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(SaslError::PlainFormat);
+    };
+    if authcid.is_empty() || password.is_empty() {
+        return Err(SaslError::Empty);
+    }
+    let login = String::from_utf8(authcid.to_vec()).map_err(|_| SaslError::LoginNotUtf8)?;
+    if !authzid.is_empty() && authzid != authcid {
+        return Err(SaslError::Authzid);
+    }
+    Ok((login, password.to_vec()))
+}
+
+/// Replaces TAB, CR, LF and NUL, which would break the line protocol.
+pub fn sanitize(value: &str) -> String {
+    value
+        .chars()
+        .map(|c| {
+            if matches!(c, '\t' | '\r' | '\n' | '\0') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// `OK id user=login`.
+pub fn ok_line(id: &str, login: &str) -> String {
+    format!("OK\t{}\tuser={}\n", sanitize(id), sanitize(login))
+}
+
+/// `CONT id challenge`; the TAB after the id is there even for an empty challenge,
+/// or Postfix fails the exchange.
+pub fn cont_line(id: &str, challenge: &[u8]) -> String {
+    format!("CONT\t{}\t{}\n", sanitize(id), STANDARD.encode(challenge))
+}
+
+/// `FAIL id [user=login] reason=text`.
+pub fn fail_line(id: &str, login: Option<&str>, reason: &str) -> String {
+    match login {
+        Some(user) => format!(
+            "FAIL\t{}\tuser={}\treason={}\n",
+            sanitize(id),
+            sanitize(user),
+            sanitize(reason)
+        ),
+        None => format!("FAIL\t{}\treason={}\n", sanitize(id), sanitize(reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn handshake_puts_mech_before_spid() {
+        let h = server_handshake(42, 7, "0123456789abcdef0123456789abcdef");
+        let lines: Vec<&str> = h.lines().collect();
+        assert_eq!(lines[0], "VERSION\t1\t2");
+        assert_eq!(lines[1], "MECH\tPLAIN\tplaintext");
+        assert_eq!(lines[2], "MECH\tLOGIN\tplaintext");
+        assert_eq!(lines[3], "SPID\t42");
+        assert_eq!(lines[4], "CUID\t7");
+        assert!(lines[5].starts_with("COOKIE\t"));
+        assert_eq!(lines[6], "DONE");
+    }
+
+    #[test]
+    fn client_handshake() {
+        assert_eq!(
+            parse_handshake("VERSION\t1\t0"),
+            Ok(HandshakeLine::Version(1))
+        );
+        assert_eq!(parse_handshake("CPID\t123"), Ok(HandshakeLine::Cpid));
+        assert_eq!(
+            parse_handshake("VERSION\t2\t0"),
+            Err(ProtocolError::UnsupportedVersion(2))
+        );
+        assert_eq!(
+            parse_handshake("VERSION\t1"),
+            Err(ProtocolError::InvalidVersion)
+        );
+        assert_eq!(parse_handshake("HELLO"), Ok(HandshakeLine::Other));
+    }
+
+    #[test]
+    fn auth_lines_as_postfix_sends_them() {
+        let line = "AUTH\t1\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip=192.0.2.7\tsecured\tresp=AHVzZXIAcGFzcw==";
+        let ClientLine::Auth(a) = parse_client_line(line) else {
+            panic!()
+        };
+        assert_eq!(a.id, "1");
+        assert_eq!(a.mechanism, Some(Mechanism::Plain));
+        assert_eq!(a.initial_response.as_deref(), Some("AHVzZXIAcGFzcw=="));
+        assert_eq!(a.remote_ip.as_deref(), Some("192.0.2.7"));
+
+        let ClientLine::Auth(a) = parse_client_line("AUTH\t2\tlogin\tservice=smtp") else {
+            panic!()
+        };
+        assert_eq!(
+            (a.mechanism, a.initial_response),
+            (Some(Mechanism::Login), None)
+        );
+        let ClientLine::Auth(a) = parse_client_line("AUTH\t3\tCRAM-MD5\tservice=smtp") else {
+            panic!()
+        };
+        assert_eq!(a.mechanism, None);
+        assert_eq!(parse_client_line("AUTH\t1"), ClientLine::InvalidAuth);
+        assert_eq!(
+            parse_client_line("CONT\t1\tdXNlcg=="),
+            ClientLine::Cont {
+                id: "1".into(),
+                data: "dXNlcg==".into()
+            }
+        );
+        assert_eq!(parse_client_line(""), ClientLine::Other);
+    }
+
+    #[test]
+    fn plain_payloads() {
+        assert_eq!(
+            parse_plain(b"\0user@example.org\0pa\0ss"),
+            Ok(("user@example.org".into(), b"pa\0ss".to_vec()))
+        );
+        assert_eq!(
+            parse_plain(b"user@example.org\0user@example.org\0pw"),
+            Ok(("user@example.org".into(), b"pw".to_vec()))
+        );
+        assert_eq!(parse_plain(b"admin\0user\0pw"), Err(SaslError::Authzid));
+        assert_eq!(parse_plain(b"\0user"), Err(SaslError::PlainFormat));
+        assert_eq!(parse_plain(b"\0\0pw"), Err(SaslError::Empty));
+        assert_eq!(parse_plain(b"\0user\0"), Err(SaslError::Empty));
+        assert_eq!(decode_base64("not base64!"), Err(SaslError::Base64));
+        assert_eq!(
+            decode_base64("AHVzZXIAcGFzcw=="),
+            Ok(b"\0user\0pass".to_vec())
+        );
+    }
+
+    #[test]
+    fn replies_cannot_break_lines() {
+        assert_eq!(
+            ok_line("1", "user@example.org"),
+            "OK\t1\tuser=user@example.org\n"
+        );
+        assert_eq!(cont_line("5", b""), "CONT\t5\t\n");
+        assert_eq!(cont_line("5", b"Username:"), "CONT\t5\tVXNlcm5hbWU6\n");
+        assert_eq!(
+            fail_line("1", Some("u\tx"), "bad\tcreds\nfor user"),
+            "FAIL\t1\tuser=u x\treason=bad creds for user\n"
+        );
+        assert!(!fail_line("1", None, "x").contains("temp"));
+    }
+
+    proptest! {
+        #[test]
+        fn rendered_replies_are_one_line(id in "\\PC{0,10}", user in "\\PC{0,20}", reason in "[\\s\\S]{0,30}") {
+            for line in [ok_line(&id, &user), fail_line(&id, Some(&user), &reason)] {
+                prop_assert_eq!(line.matches('\n').count(), 1);
+                prop_assert!(line.ends_with('\n'));
+            }
+        }
+
+        #[test]
+        fn parsers_never_panic(line in "\\PC{0,80}", bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = parse_client_line(&line);
+            let _ = parse_handshake(&line);
+            let _ = parse_plain(&bytes);
+        }
+    }
+}
