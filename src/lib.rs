@@ -52,7 +52,9 @@ use crate::normalize::Normalizer;
 use crate::policy::store::{EmbeddedStore, QuotaStore};
 use crate::policy::{CountMode, PolicyMetrics, PolicyService, PolicySettings};
 use crate::resilience::{CircuitBreaker, GuardedBackend};
+use crate::sasl::{SaslMetrics, SaslService, ThrottleSettings};
 use crate::server::policy::{PolicyHandler, PolicyLimits};
+use crate::server::sasl::SaslHandler;
 use crate::server::socketmap::{ConnectionLimits, SocketmapHandler};
 use crate::server::{AcceptContext, BindError, BoundListener, ConnectionMetrics, LocalAddr};
 
@@ -69,6 +71,7 @@ pub struct Server {
     socketmap: Vec<BoundListener>,
     http: Vec<BoundListener>,
     policy: Option<(Arc<PolicyService>, Vec<BoundListener>)>,
+    sasl: Option<(Arc<SaslService>, Vec<BoundListener>)>,
 }
 
 /// The server cannot start.
@@ -129,6 +132,18 @@ impl Server {
                 }
             },
         };
+        let sasl_listeners = match &config.sasl_listen {
+            None => Vec::new(),
+            Some(addr) => match server::bind(addr, mode).await {
+                Ok(l) => l,
+                Err(e) => {
+                    for l in [&socketmap, &http, &policy_listeners] {
+                        server::remove_unix_sockets(l);
+                    }
+                    return Err(e.into());
+                }
+            },
+        };
         let (backend, breaker) = protect(backend, &config, &metrics);
         // The cache keeps the deadline itself, so it can answer stale in time.
         let policy = if policy_listeners.is_empty() {
@@ -137,7 +152,7 @@ impl Server {
             let store = match open_store(&config).await {
                 Ok(s) => s,
                 Err(e) => {
-                    for l in [&socketmap, &http, &policy_listeners] {
+                    for l in [&socketmap, &http, &policy_listeners, &sasl_listeners] {
                         server::remove_unix_sockets(l);
                     }
                     return Err(e);
@@ -163,6 +178,23 @@ impl Server {
             );
             Some((Arc::new(service), policy_listeners))
         };
+        let sasl = if sasl_listeners.is_empty() {
+            None
+        } else {
+            let service = SaslService::new(
+                backend.clone(),
+                Normalizer::new(&config.recipient_delimiter),
+                config.lookup_timeout,
+                ThrottleSettings {
+                    base_delay: config.sasl_failure_delay,
+                    max_delay: config.sasl_max_failure_delay,
+                    lockout_failures: config.sasl_lockout_failures,
+                    window: config.sasl_failure_window,
+                },
+                SaslMetrics::register(&metrics).map_err(ServerError::Metrics)?,
+            );
+            Some((Arc::new(service), sasl_listeners))
+        };
         // The cache keeps the deadline itself, so it can answer stale in time.
         let service = Arc::new(LookupService::new(
             backend,
@@ -179,6 +211,7 @@ impl Server {
             socketmap,
             http,
             policy,
+            sasl,
         })
     }
 
@@ -193,6 +226,14 @@ impl Server {
     /// The bound policy addresses (empty when the policy server is off).
     pub fn policy_addrs(&self) -> Vec<LocalAddr> {
         self.policy
+            .iter()
+            .flat_map(|(_, ls)| ls.iter().map(BoundListener::local_addr))
+            .collect()
+    }
+
+    /// The bound SASL addresses (empty when the SASL server is off).
+    pub fn sasl_addrs(&self) -> Vec<LocalAddr> {
+        self.sasl
             .iter()
             .flat_map(|(_, ls)| ls.iter().map(BoundListener::local_addr))
             .collect()
@@ -223,6 +264,7 @@ impl Server {
             socketmap,
             http,
             policy,
+            sasl,
         } = self;
         let token = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -230,6 +272,7 @@ impl Server {
             .iter()
             .chain(http.iter())
             .chain(policy.iter().flat_map(|(_, ls)| ls.iter()))
+            .chain(sasl.iter().flat_map(|(_, ls)| ls.iter()))
             .filter_map(|l| match l {
                 BoundListener::Unix(_, p) => Some(p.clone()),
                 BoundListener::Tcp(_) => None,
@@ -307,6 +350,30 @@ impl Server {
                     }
                 }),
             ));
+        }
+
+        if let Some((sasl_service, listeners)) = sasl {
+            let handler = Arc::new(SaslHandler::new(sasl_service.clone(), config.io_timeout));
+            let metrics = sasl_service.metrics();
+            let ctx = AcceptContext {
+                slots: Arc::new(Semaphore::new(config.max_connections)),
+                metrics: ConnectionMetrics {
+                    active: metrics.active_connections.clone(),
+                    pool_usage: None,
+                    pool_full: metrics.pool_full.clone(),
+                },
+                shutdown: token.clone(),
+                tracker: tracker.clone(),
+                service: "sasl",
+            };
+            for listener in listeners {
+                tracing::info!(addr = %listener.local_addr(), "SASL server listening");
+                accept_loops.push(tokio::spawn(server::accept_loop(
+                    listener,
+                    handler.clone(),
+                    ctx.clone(),
+                )));
+            }
         }
 
         let http_state = HttpState {

@@ -136,6 +136,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         socketmap = ?server.socketmap_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         metrics = ?server.http_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         policy = ?server.policy_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        sasl = ?server.sasl_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "userli-postfix-adapter started"
     );
 

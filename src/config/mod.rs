@@ -199,6 +199,16 @@ pub struct Config {
     pub policy_fail_closed: bool,
     /// `POLICY_IDLE_TIMEOUT`; `None` = never.
     pub policy_idle_timeout: Option<Duration>,
+    /// `SASL_LISTEN_ADDR`; `None` when empty.
+    pub sasl_listen: Option<ListenAddr>,
+    /// `SASL_FAILURE_DELAY`.
+    pub sasl_failure_delay: Duration,
+    /// `SASL_MAX_FAILURE_DELAY`.
+    pub sasl_max_failure_delay: Duration,
+    /// `SASL_LOCKOUT_FAILURES`; 0 = off.
+    pub sasl_lockout_failures: u32,
+    /// `SASL_FAILURE_WINDOW`.
+    pub sasl_failure_window: Duration,
     /// The effective value and origin of every setting, secrets redacted, for
     /// `check-config`.
     pub effective: Vec<(&'static str, String, String)>,
@@ -615,6 +625,28 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         ));
     }
     let state_directory = PathBuf::from(raw.required("STATE_DIRECTORY").0);
+    let sasl_listen = match raw.get("SASL_LISTEN_ADDR") {
+        Some((v, _)) if !v.trim().is_empty() => Some(listen("SASL_LISTEN_ADDR")?),
+        _ => None,
+    };
+    let sasl_failure_delay = duration("SASL_FAILURE_DELAY")?;
+    let sasl_max_failure_delay = duration("SASL_MAX_FAILURE_DELAY")?;
+    if sasl_max_failure_delay > Duration::from_secs(8) {
+        return Err(ConfigError::setting(
+            "SASL_MAX_FAILURE_DELAY",
+            raw.required("SASL_MAX_FAILURE_DELAY").1,
+            "must be at most 8s (Postfix gives up on the auth server after 10s)",
+        ));
+    }
+    let sasl_lockout_failures = number("SASL_LOCKOUT_FAILURES", 0, 1_000_000)? as u32;
+    let sasl_failure_window = duration("SASL_FAILURE_WINDOW")?;
+    if sasl_failure_window.is_zero() {
+        return Err(ConfigError::setting(
+            "SASL_FAILURE_WINDOW",
+            raw.required("SASL_FAILURE_WINDOW").1,
+            "must be more than 0",
+        ));
+    }
 
     let (recipient_delimiter, _) = raw.required("POSTFIX_RECIPIENT_DELIMITER");
     if recipient_delimiter.contains('@') {
@@ -656,6 +688,11 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         policy_defer_over_quota,
         policy_fail_closed,
         policy_idle_timeout,
+        sasl_listen,
+        sasl_failure_delay,
+        sasl_max_failure_delay,
+        sasl_lockout_failures,
+        sasl_failure_window,
         effective,
     })
 }

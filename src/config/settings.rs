@@ -206,6 +206,36 @@ pub const SETTINGS: &[Setting] = &[
         "Close a policy connection idle this long (`0` = never); far above Postfix's 300 s reuse window so Postfix never finds a closed socket.",
     ),
     s(
+        "SASL_LISTEN_ADDR",
+        Some(""),
+        true,
+        "Dovecot-protocol SMTP AUTH listener (empty: off, as upstream), e.g. `/var/spool/postfix/private/auth` or `127.0.0.1:10004`.",
+    ),
+    s(
+        "SASL_FAILURE_DELAY",
+        Some("250ms"),
+        false,
+        "Delay before the reply to a failed login; doubles with each further failure of the same client address or login. `0` disables. Successful logins are never delayed.",
+    ),
+    s(
+        "SASL_MAX_FAILURE_DELAY",
+        Some("4s"),
+        false,
+        "The longest failure delay (at most `8s`, below Postfix's 10 s auth timeout).",
+    ),
+    s(
+        "SASL_LOCKOUT_FAILURES",
+        Some("0"),
+        false,
+        "Failures after which a client address or login is refused without asking the backend, until `SASL_FAILURE_WINDOW` passes without failures. `0`: no lock-out.",
+    ),
+    s(
+        "SASL_FAILURE_WINDOW",
+        Some("15m"),
+        false,
+        "How long failure counts are remembered after the last failure.",
+    ),
+    s(
         "SOCKETMAP_MAX_REQUEST_SIZE",
         Some("16384"),
         false,
