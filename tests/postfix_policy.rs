@@ -39,16 +39,16 @@ domains = ["example.org"]
 
 [[users]]
 email = "limited@example.org"
-password = "password"
+password_hash = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/"
 smtp_quota = { per_hour = 2 }
 
 [[users]]
 email = "user@example.org"
-password = "password"
+password_hash = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/"
 
 [[users]]
 email = "other@example.org"
-password = "password"
+password_hash = "$6$saltsalt$qFmFH.bQmmtXzyBY0s9v7Oicd2z4XSIecDzlB5KiA2/jctKu9YterLp8wwnSq.qc.eoxqOmSuNp2xS0ktL3nh/"
 smtp_quota = { per_hour = 2 }
 "#;
 

@@ -37,6 +37,8 @@ pub struct Running {
     pub http: SocketAddr,
     /// The policy listener, when it is TCP.
     pub policy: Option<SocketAddr>,
+    /// The SASL listener, when it is TCP.
+    pub sasl: Option<SocketAddr>,
     pub metrics: Metrics,
     pub stop: CancellationToken,
     pub task: tokio::task::JoinHandle<()>,
@@ -81,12 +83,17 @@ pub async fn start_with_metrics(
     let LocalAddr::Tcp(http) = server.http_addrs()[0].clone() else {
         panic!("metrics listener is TCP in tests")
     };
+    let sasl = server.sasl_addrs().into_iter().find_map(|a| match a {
+        LocalAddr::Tcp(a) => Some(a),
+        LocalAddr::Unix(_) => None,
+    });
     let stop = CancellationToken::new();
     let task = tokio::spawn(server.run(stop.clone().cancelled_owned()));
     Running {
         socketmap,
         http,
         policy,
+        sasl,
         metrics,
         stop,
         task,

@@ -8,13 +8,31 @@
 //!   into the URL, and answers keys userli can never hold locally (see `screen`);
 //! - caps response bodies, follows no redirects and never logs the token.
 //!
+//! SASL passwords are checked with `POST /api/postfix/auth`
+//! ([`LookupBackend::authenticate`]):
+//!
+//! | userli answers | result |
+//! |---|---|
+//! | 200 `{"message":"success"}` | `Ok(Success)` |
+//! | 200 with any other body | `Err(InvalidResponse)`: a proxy's 200 must not accept every password |
+//! | 401/403 `{"message":"…"}` (wrong password, unknown, deleted, spam, password change) | `Ok(Failure)` with userli's message as the reason |
+//! | 401/403 `{"error":…}` or another body (token invalid, missing scope) | `Err(Unauthorized)`, logged like a token error on lookups, never "wrong password" |
+//! | any other status (400/415/422, 404, 5xx, 3xx), timeout, transport error | `Err` |
+//!
+//! Logins userli cannot hold and passwords that are empty, over 4096 bytes or not
+//! UTF-8 fail with `authentication failed` without a request: JSON cannot carry
+//! arbitrary bytes, and replacing them (as upstream did) would send a different
+//! password. The password is never logged and never part of an error message.
+//!
 //! Wire details are in `userli-api.md` §1–§2 and §8 of the project specification.
 
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postfix_adapter_backend::{Address, BackendError, LookupBackend, SmtpQuota, async_trait};
+use postfix_adapter_backend::{
+    Address, AuthOutcome, BackendError, LookupBackend, SmtpQuota, async_trait,
+};
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
 use url::Url;
@@ -45,6 +63,22 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// (RFC 2606), so it can never be a real domain, and the `domain` route is the
 /// cheapest one (a single indexed lookup, cached by userli).
 const HEALTH_CHECK_DOMAIN: &str = "health-check.invalid";
+
+/// userli's answer to an unknown or deleted user and to a wrong password; also the
+/// adapter's answer for logins and passwords userli can never hold.
+const AUTH_FAILED: &str = "authentication failed";
+
+/// The reasons userli itself gives (`userli-api.md` §2.6). They are passed on
+/// unchanged; any other text is checked for an echo of the password first.
+const USERLI_AUTH_REASONS: &[&str] = &[
+    AUTH_FAILED,
+    "user disabled due to spam role",
+    "user password change required",
+];
+
+/// userli (Symfony) never verifies a password longer than this, so such a password
+/// is refused without sending it.
+const MAX_PASSWORD_BYTES: usize = 4096;
 
 /// How to reach the userli API.
 #[derive(Clone)]
@@ -150,6 +184,8 @@ enum Endpoint {
     Mailbox,
     Senders,
     SmtpQuota,
+    /// `POST /api/postfix/auth` (SASL); the only route without a key segment.
+    Auth,
     /// The readiness probe; it calls the `domain` route but gets its own label so
     /// probes do not distort the lookup metrics (`upstream-behaviour.md` §14.32).
     Health,
@@ -163,6 +199,7 @@ impl Endpoint {
             Self::Mailbox => "mailbox",
             Self::Senders => "senders",
             Self::SmtpQuota => "smtp_quota",
+            Self::Auth => "auth",
         }
     }
 
@@ -256,6 +293,107 @@ impl UserliBackend {
             .pop_if_empty()
             .extend(["api", "postfix", endpoint.segment(), key]);
         Ok(url)
+    }
+
+    /// `{base}/api/postfix/{route}`, for the routes that take a request body.
+    fn route_url(&self, endpoint: Endpoint) -> Result<Url, BackendError> {
+        let mut url = self.inner.base_url.clone();
+        url.path_segments_mut()
+            .map_err(|()| BackendError::Other("userli base URL cannot be a base".to_owned()))?
+            .pop_if_empty()
+            .extend(["api", "postfix", endpoint.segment()]);
+        Ok(url)
+    }
+
+    /// One `POST /api/postfix/auth` (`userli-api.md` §2.6).
+    ///
+    /// Only `200 {"message":"success"}` is a success, so a proxy or a misrouted
+    /// base URL answering 200 cannot accept every password (upstream accepted any
+    /// 200). A 401/403 with userli's `{"message":…}` is a refused login; with
+    /// `{"error":…}` (or anything else) it is the adapter's token that was
+    /// refused, which is an error and never "wrong password". Every other status is
+    /// an error too.
+    ///
+    /// No error or log line produced here contains the request body (the password).
+    async fn post_auth(&self, login: &str, password: &str) -> Result<AuthOutcome, BackendError> {
+        let url = self.route_url(Endpoint::Auth)?;
+        // serde_json escapes quotes, backslashes and control characters; the
+        // password goes into the JSON unchanged otherwise.
+        let body = serde_json::to_vec(&serde_json::json!({
+            "email": login,
+            "password": password,
+        }))
+        .map_err(|_| BackendError::Other("cannot encode the auth request".to_owned()))?;
+        tracing::debug!(
+            endpoint = Endpoint::Auth.label(),
+            key = login,
+            "querying userli"
+        );
+
+        let mut observation = Observation::start(&self.inner.metrics, Endpoint::Auth.label());
+        let response = self
+            .inner
+            .client
+            .post(url)
+            .body(body)
+            .send()
+            .await
+            .map_err(transport_error)?;
+        let status = response.status().as_u16();
+        observation.set_status(status);
+
+        if !matches!(status, 200 | 401 | 403) {
+            // 400/415/422 (a body userli did not accept), 404, 5xx, redirects: the
+            // body is drained for connection reuse and never quoted.
+            let _ = read_capped(response, MAX_ERROR_BODY_BYTES).await;
+            observation.finish();
+            return Err(BackendError::InvalidResponse(format!("HTTP {status}")));
+        }
+        let body = read_capped(response, MAX_ERROR_BODY_BYTES).await;
+        observation.finish();
+        let value = body
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+
+        if status == 200 {
+            return match value.as_ref().and_then(|v| v.get("message")) {
+                Some(Value::String(m)) if m == "success" => Ok(AuthOutcome::Success),
+                // The body is not quoted: whatever answered might echo the request.
+                _ => Err(BackendError::InvalidResponse(
+                    "HTTP 200 without the body {\"message\":\"success\"}".to_owned(),
+                )),
+            };
+        }
+
+        // A token problem (`{"error":…}`) wins over anything else in the body.
+        let user_message = match &value {
+            Some(v) if v.get("error").is_none() => match v.get("message") {
+                Some(Value::String(m)) => Some(m.as_str()),
+                _ => None,
+            },
+            _ => None,
+        };
+        match user_message {
+            Some(message) => {
+                let reason = auth_reason(message, password);
+                tracing::debug!(
+                    endpoint = Endpoint::Auth.label(),
+                    key = login,
+                    status,
+                    reason = reason.as_str(),
+                    "userli refused the login"
+                );
+                Ok(AuthOutcome::Failure { reason })
+            }
+            None => {
+                let detail = value
+                    .as_ref()
+                    .and_then(error_message)
+                    .filter(|d| !contains_secret(d, password))
+                    .and_then(one_short_line);
+                Err(self.unauthorized(status, detail))
+            }
+        }
     }
 
     /// One GET, returning the JSON body of a 200 answer.
@@ -414,6 +552,41 @@ impl LookupBackend for UserliBackend {
         }
     }
 
+    /// Asks userli's `POST /api/postfix/auth`; see the crate docs for the mapping.
+    ///
+    /// Answered without a request, as `authentication failed`: a login userli
+    /// cannot hold (the same screening as the lookups), a password that is not
+    /// UTF-8 (it cannot be sent in JSON without altering it, and userli cannot hold
+    /// it either; upstream replaced the bytes with U+FFFD, weak point 12), and an
+    /// empty or over-long password, which userli never verifies.
+    async fn authenticate(
+        &self,
+        login: &Address,
+        password: &[u8],
+    ) -> Result<AuthOutcome, BackendError> {
+        let refuse = |why: &'static str| {
+            tracing::debug!(
+                endpoint = Endpoint::Auth.label(),
+                key = login.as_str(),
+                why,
+                "login refused without asking userli"
+            );
+            Ok(AuthOutcome::Failure {
+                reason: AUTH_FAILED.to_owned(),
+            })
+        };
+        if !screen::address_ok(login) {
+            return refuse("login userli cannot hold");
+        }
+        if password.is_empty() || password.len() > MAX_PASSWORD_BYTES {
+            return refuse("empty or over-long password");
+        }
+        let Ok(password) = std::str::from_utf8(password) else {
+            return refuse("password is not UTF-8");
+        };
+        self.post_auth(login.as_str(), password).await
+    }
+
     async fn health(&self) -> Result<(), BackendError> {
         boolean(self.get(Endpoint::Health, HEALTH_CHECK_DOMAIN).await?).map(|_| ())
     }
@@ -495,13 +668,52 @@ async fn read_capped(
 async fn error_detail(response: reqwest::Response) -> Option<String> {
     let body = read_capped(response, MAX_ERROR_BODY_BYTES).await.ok()?;
     let value: Value = serde_json::from_slice(&body).ok()?;
-    let text = match value.get("error")? {
-        Value::String(s) => s.as_str(),
-        other => other.get("message")?.as_str()?,
-    };
-    // Whatever answered may not be userli; keep the message short and on one line.
+    error_text(&value)
+}
+
+/// The text of an `{"error":"…"}` or `{"error":{"message":"…"}}` body, short.
+fn error_text(value: &Value) -> Option<String> {
+    one_short_line(error_message(value)?)
+}
+
+/// The text of an `{"error":"…"}` or `{"error":{"message":"…"}}` body, as sent.
+fn error_message(value: &Value) -> Option<&str> {
+    match value.get("error")? {
+        Value::String(s) => Some(s.as_str()),
+        other => other.get("message")?.as_str(),
+    }
+}
+
+/// Whatever answered may not be userli; keep a message short and on one line.
+fn one_short_line(text: &str) -> Option<String> {
     let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
     (!text.is_empty()).then_some(text)
+}
+
+/// Whether `text` repeats the password (a misbehaving endpoint echoing the
+/// request), as sent or once [`one_short_line`] has dropped control characters.
+/// Checked before shortening, so a cut-off echo is caught too.
+fn contains_secret(text: &str, password: &str) -> bool {
+    let printable = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
+    if password.is_empty() {
+        return false;
+    }
+    let password_printable = printable(password);
+    text.contains(password)
+        || (!password_printable.is_empty() && printable(text).contains(&password_printable))
+}
+
+/// The SMTP-client-facing reason for a refused login: userli's message, on one short
+/// line; `authentication failed` when it is empty or would repeat the password
+/// (the reason ends up in Postfix's log). userli's own messages pass unchanged.
+fn auth_reason(message: &str, password: &str) -> String {
+    if USERLI_AUTH_REASONS.contains(&message) {
+        return message.to_owned();
+    }
+    if contains_secret(message, password) {
+        return AUTH_FAILED.to_owned();
+    }
+    one_short_line(message).unwrap_or_else(|| AUTH_FAILED.to_owned())
 }
 
 fn json_type(value: &Value) -> &'static str {
@@ -673,6 +885,36 @@ mod tests {
                 "{bad}: {err}"
             );
             assert!(!err.to_string().contains(":p@"), "password leaked: {err}");
+        }
+    }
+
+    #[test]
+    fn auth_reasons() {
+        for known in USERLI_AUTH_REASONS {
+            // Passed unchanged even when the password happens to be a word of it.
+            assert_eq!(auth_reason(known, "password"), *known);
+        }
+        assert_eq!(auth_reason("", "pw"), AUTH_FAILED);
+        assert_eq!(auth_reason("\r\n\t", "pw"), AUTH_FAILED);
+        assert_eq!(auth_reason("account\r\nlocked", "pw"), "accountlocked");
+        assert_eq!(auth_reason("bad s3cret!", "s3cret!"), AUTH_FAILED);
+        assert_eq!(auth_reason("bad s3\tcret!", "s3\tcret!"), AUTH_FAILED);
+        assert_eq!(auth_reason("bad s3cret!", "s3\ncret!"), AUTH_FAILED);
+        let long = format!("{}{}", "x".repeat(190), "s3cret-password");
+        assert_eq!(auth_reason(&long, "s3cret-password"), AUTH_FAILED);
+        assert_eq!(auth_reason(&"x".repeat(500), "pw").len(), 200);
+    }
+
+    #[test]
+    fn the_auth_url_has_no_key_segment() {
+        for (base, want) in [
+            ("http://h", "http://h/api/postfix/auth"),
+            ("http://h/userli/", "http://h/userli/api/postfix/auth"),
+        ] {
+            assert_eq!(
+                backend(base).route_url(Endpoint::Auth).unwrap().as_str(),
+                want
+            );
         }
     }
 

@@ -1,0 +1,238 @@
+//! The SASL server over real sockets, in front of a fake userli (wiremock) and the
+//! fixture backend: answers, and the connection drop that makes Postfix say 454.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::{Running, loopback_config, start_with_metrics};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use userli_postfix_adapter::config::{Config, ListenAddr};
+use userli_postfix_adapter::metrics::Metrics;
+use wiremock::matchers::{body_json, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+struct Conn<S> {
+    stream: BufReader<S>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    async fn open(stream: S) -> Self {
+        let mut c = Self {
+            stream: BufReader::new(stream),
+        };
+        c.send("VERSION\t1\t0").await;
+        c.send("CPID\t1234").await;
+        while c.line().await.expect("handshake") != "DONE" {}
+        c
+    }
+    async fn send(&mut self, line: &str) {
+        self.stream
+            .get_mut()
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    async fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match tokio::time::timeout(Duration::from_secs(10), self.stream.read_line(&mut line)).await
+        {
+            Ok(Ok(n)) if n > 0 => Some(line.trim_end().to_owned()),
+            _ => None,
+        }
+    }
+    async fn plain(&mut self, id: u32, login: &str, password: &str) -> Option<String> {
+        let resp = STANDARD.encode(format!("\0{login}\0{password}"));
+        self.send(&format!(
+            "AUTH\t{id}\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip=192.0.2.9\tresp={resp}"
+        ))
+        .await;
+        self.line().await
+    }
+}
+
+fn sasl_addr(server: &Running) -> std::net::SocketAddr {
+    server.sasl.expect("a TCP SASL listener")
+}
+
+async fn auth_mock(
+    api: &MockServer,
+    login: &str,
+    password: &str,
+    status: u16,
+    body: serde_json::Value,
+) {
+    Mock::given(method("POST"))
+        .and(path("/api/postfix/auth"))
+        .and(body_json(
+            serde_json::json!({"email": login, "password": password}),
+        ))
+        .respond_with(ResponseTemplate::new(status).set_body_json(body))
+        .mount(api)
+        .await;
+}
+
+#[tokio::test]
+async fn userli_answers_become_ok_fail_or_a_dropped_connection() {
+    let api = MockServer::start().await;
+    auth_mock(
+        &api,
+        "user@example.org",
+        "pa\"ss wörd",
+        200,
+        serde_json::json!({"message": "success"}),
+    )
+    .await;
+    auth_mock(
+        &api,
+        "user@example.org",
+        "wrong",
+        401,
+        serde_json::json!({"message": "authentication failed"}),
+    )
+    .await;
+    auth_mock(
+        &api,
+        "spam@example.org",
+        "pw",
+        403,
+        serde_json::json!({"message": "user disabled due to spam role"}),
+    )
+    .await;
+    auth_mock(&api, "broken@example.org", "pw", 500, serde_json::json!({})).await;
+    Mock::given(method("POST"))
+        .and(path("/api/postfix/auth"))
+        .and(body_json(
+            serde_json::json!({"email": "slow@example.org", "password": "pw"}),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"message": "success"}))
+                .set_delay(Duration::from_secs(10)),
+        )
+        .mount(&api)
+        .await;
+    let server = common::start_userli(
+        &api.uri(),
+        &[
+            ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
+            ("SASL_FAILURE_DELAY", "0"),
+            ("LOOKUP_TIMEOUT", "500ms"),
+        ],
+    )
+    .await;
+    let addr = sasl_addr(&server);
+    let mut c = Conn::open(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+    assert_eq!(
+        c.plain(1, "User@Example.org", "pa\"ss wörd").await.unwrap(),
+        "OK\t1\tuser=user@example.org"
+    );
+    assert_eq!(
+        c.plain(2, "user@example.org", "wrong").await.unwrap(),
+        "FAIL\t2\tuser=user@example.org\treason=authentication failed"
+    );
+    assert_eq!(
+        c.plain(3, "spam@example.org", "pw").await.unwrap(),
+        "FAIL\t3\tuser=spam@example.org\treason=user disabled due to spam role"
+    );
+    assert_eq!(
+        c.plain(4, "broken@example.org", "pw").await,
+        None,
+        "500: dropped, Postfix says 454"
+    );
+
+    let mut c = Conn::open(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+    let started = Instant::now();
+    assert_eq!(
+        c.plain(1, "slow@example.org", "pw").await,
+        None,
+        "deadline: dropped"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn fixture_logins_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("auth");
+    let mut config = loopback_config(Config::for_fixture(common::demo_fixture()));
+    config.sasl_listen = Some(ListenAddr::Unix(path.clone()));
+    config.sasl_failure_delay = Duration::ZERO;
+    let metrics = Metrics::new().unwrap();
+    let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
+    let server = start_with_metrics(config, backend, metrics).await;
+    let mut c = Conn::open(tokio::net::UnixStream::connect(&path).await.unwrap()).await;
+    assert_eq!(
+        c.plain(1, "user@example.org", "password").await.unwrap(),
+        "OK\t1\tuser=user@example.org"
+    );
+    assert!(
+        c.plain(2, "user@example.org", "nope")
+            .await
+            .unwrap()
+            .starts_with("FAIL\t2\t")
+    );
+    assert!(
+        c.plain(3, "spam@example.org", "password")
+            .await
+            .unwrap()
+            .contains("spam")
+    );
+    assert!(
+        c.plain(4, "deleted@example.org", "password")
+            .await
+            .unwrap()
+            .starts_with("FAIL\t4\t")
+    );
+    let metrics = server.metrics.render();
+    assert!(metrics.contains(
+        "userli_postfix_adapter_sasl_auth_total{mechanism=\"PLAIN\",result=\"success\"} 1"
+    ));
+    drop(c);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn repeated_failures_are_slowed_down() {
+    let mut config = loopback_config(Config::for_fixture(common::demo_fixture()));
+    config.sasl_listen = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+    config.sasl_failure_delay = Duration::from_millis(100);
+    config.sasl_max_failure_delay = Duration::from_millis(400);
+    let metrics = Metrics::new().unwrap();
+    let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
+    let server = start_with_metrics(config, backend, metrics).await;
+    let mut c = Conn::open(
+        tokio::net::TcpStream::connect(sasl_addr(&server))
+            .await
+            .unwrap(),
+    )
+    .await;
+    let mut waits = Vec::new();
+    for id in 1..=4 {
+        let started = Instant::now();
+        c.plain(id, "user@example.org", "guess").await.unwrap();
+        waits.push(started.elapsed());
+    }
+    assert!(waits[0] >= Duration::from_millis(100), "{waits:?}");
+    assert!(waits[2] >= Duration::from_millis(400), "{waits:?}");
+    let started = Instant::now();
+    assert!(
+        c.plain(9, "user@example.org", "password")
+            .await
+            .unwrap()
+            .starts_with("OK")
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "success is never delayed"
+    );
+    drop(c);
+    server.shutdown().await;
+}
