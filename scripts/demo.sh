@@ -14,9 +14,11 @@ export METRICS_LISTEN_ADDR="${METRICS_LISTEN_ADDR:-127.0.0.1:10002}"
 export POSTFIX_RECIPIENT_DELIMITER="${POSTFIX_RECIPIENT_DELIMITER:-+}"
 export POLICY_LISTEN_ADDR="${POLICY_LISTEN_ADDR:-127.0.0.1:10003}"
 export STATE_DIRECTORY="${STATE_DIRECTORY:-target/demo-state}"
+export SASL_LISTEN_ADDR="${SASL_LISTEN_ADDR:-127.0.0.1:10004}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
 cat <<MSG >&2
-Demo adapter on socketmap ${SOCKETMAP_LISTEN_ADDR}, policy ${POLICY_LISTEN_ADDR}, metrics ${METRICS_LISTEN_ADDR}. Try:
+Demo adapter on socketmap ${SOCKETMAP_LISTEN_ADDR}, policy ${POLICY_LISTEN_ADDR},
+SASL ${SASL_LISTEN_ADDR} (every demo user's password is "password"), metrics ${METRICS_LISTEN_ADDR}. Try:
   postmap -q user@example.org  socketmap:inet:${SOCKETMAP_LISTEN_ADDR}:mailbox
   postmap -q example.org       socketmap:inet:${SOCKETMAP_LISTEN_ADDR}:domain
   postmap -q alias@example.org socketmap:inet:${SOCKETMAP_LISTEN_ADDR}:alias
