@@ -295,14 +295,7 @@ impl Server {
             service: "socketmap",
         };
         let mut accept_loops = Vec::new();
-        for listener in socketmap {
-            tracing::info!(addr = %listener.local_addr(), "socketmap server listening");
-            accept_loops.push(tokio::spawn(server::accept_loop(
-                listener,
-                handler.clone(),
-                ctx.clone(),
-            )));
-        }
+        spawn_accept_loops("socketmap", socketmap, &handler, &ctx, &mut accept_loops);
 
         let mut flusher = None;
         if let Some((policy_service, listeners)) = policy {
@@ -325,14 +318,11 @@ impl Server {
                 tracker: tracker.clone(),
                 service: "policy",
             };
-            for listener in listeners {
-                tracing::info!(addr = %listener.local_addr(), store = policy_service.store().name(), "policy server listening");
-                accept_loops.push(tokio::spawn(server::accept_loop(
-                    listener,
-                    handler.clone(),
-                    ctx.clone(),
-                )));
-            }
+            tracing::info!(
+                store = policy_service.store().name(),
+                "policy quota store ready"
+            );
+            spawn_accept_loops("policy", listeners, &handler, &ctx, &mut accept_loops);
             let store = policy_service.store().clone();
             let stop = token.clone();
             flusher = Some((
@@ -366,14 +356,7 @@ impl Server {
                 tracker: tracker.clone(),
                 service: "sasl",
             };
-            for listener in listeners {
-                tracing::info!(addr = %listener.local_addr(), "SASL server listening");
-                accept_loops.push(tokio::spawn(server::accept_loop(
-                    listener,
-                    handler.clone(),
-                    ctx.clone(),
-                )));
-            }
+            spawn_accept_loops("SASL", listeners, &handler, &ctx, &mut accept_loops);
         }
 
         let http_state = HttpState {
@@ -440,6 +423,25 @@ impl Server {
         for task in http_tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
+    }
+}
+
+/// Starts one accept loop per listener, logging `<name> server listening` (tests and
+/// scripts read the addresses from that line).
+fn spawn_accept_loops<H: server::ConnectionHandler>(
+    name: &str,
+    listeners: Vec<BoundListener>,
+    handler: &Arc<H>,
+    ctx: &AcceptContext,
+    loops: &mut Vec<tokio::task::JoinHandle<()>>,
+) {
+    for listener in listeners {
+        tracing::info!(addr = %listener.local_addr(), "{name} server listening");
+        loops.push(tokio::spawn(server::accept_loop(
+            listener,
+            handler.clone(),
+            ctx.clone(),
+        )));
     }
 }
 
