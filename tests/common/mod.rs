@@ -211,12 +211,15 @@ pub struct Adapter {
     pub metrics: String,
     /// The policy listener, when it was up before the other two (log order).
     pub policy: Option<String>,
+    /// The SASL listener, when `SASL_LISTEN_ADDR` was given.
+    pub sasl: Option<String>,
     pub lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Adapter {
     /// Starts the binary with `env` (on top of a clean environment) and waits until
-    /// both listeners are up.
+    /// the socketmap and metrics listeners are up, and the SASL listener too when
+    /// `env` sets `SASL_LISTEN_ADDR`.
     pub fn spawn(env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_userli-postfix-adapter"));
@@ -247,9 +250,12 @@ impl Adapter {
                 }
             }
         });
-        let (mut socketmap, mut metrics, mut policy) = (None, None, None);
+        let want_sasl = env
+            .iter()
+            .any(|(k, v)| *k == "SASL_LISTEN_ADDR" && !v.trim().is_empty());
+        let (mut socketmap, mut metrics, mut policy, mut sasl) = (None, None, None, None);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while socketmap.is_none() || metrics.is_none() {
+        while socketmap.is_none() || metrics.is_none() || (want_sasl && sasl.is_none()) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = lines
                 .recv_timeout(left)
@@ -260,6 +266,7 @@ impl Adapter {
                 Some("policy server listening") => policy = addr,
                 Some("socketmap server listening") => socketmap = addr,
                 Some("metrics server listening") => metrics = addr,
+                Some("SASL server listening") => sasl = addr,
                 _ => {}
             }
         }
@@ -268,6 +275,7 @@ impl Adapter {
             socketmap: socketmap.unwrap(),
             metrics: metrics.unwrap(),
             policy,
+            sasl,
             lines,
         }
     }

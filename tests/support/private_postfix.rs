@@ -48,6 +48,17 @@ impl PrivatePostfix {
     /// Like [`Self::start`], with `extra_main_cf` appended to `main.cf`: a later
     /// `name = value` overrides an earlier one, so this can replace defaults too.
     pub(crate) fn start_with(socketmap: &str, extra_main_cf: &str) -> Self {
+        Self::start_with_smtpd_limit(socketmap, extra_main_cf, None)
+    }
+
+    /// Like [`Self::start_with`], with the smtpd service's process limit (master.cf
+    /// `maxproc` column) set to `smtpd_maxproc` instead of the default: with `1`,
+    /// consecutive SMTP sessions are served by the same smtpd process.
+    pub(crate) fn start_with_smtpd_limit(
+        socketmap: &str,
+        extra_main_cf: &str,
+        smtpd_maxproc: Option<u32>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("private-postfix-")
             .tempdir()
@@ -69,7 +80,7 @@ impl PrivatePostfix {
             main.push('\n');
         }
         write(&etc.join("main.cf"), &main);
-        write(&etc.join("master.cf"), &master_cf(port));
+        write(&etc.join("master.cf"), &master_cf(port, smtpd_maxproc));
 
         // `postfix check` runs post-install create-missing (queue subdirectories with
         // their owners) and postsuper, exactly what `postfix start` would do first.
@@ -296,11 +307,13 @@ smtpd_reject_unlisted_recipient = yes
 }
 
 /// Only the services an smtpd-to-discard path needs, none chrooted (the tempdir
-/// queue has no chroot environment).
-fn master_cf(port: u16) -> String {
+/// queue has no chroot environment). `smtpd_maxproc`: the smtpd process limit
+/// (`-`, the default process limit, when `None`).
+fn master_cf(port: u16, smtpd_maxproc: Option<u32>) -> String {
+    let maxproc = smtpd_maxproc.map_or_else(|| "-".to_owned(), |n| n.to_string());
     format!(
         "\
-127.0.0.1:{port} inet n - n - - smtpd
+127.0.0.1:{port} inet n - n - {maxproc} smtpd
 pickup    unix  n  -  n  60    1  pickup
 cleanup   unix  n  -  n  -     0  cleanup
 qmgr      unix  n  -  n  300   1  qmgr

@@ -1,0 +1,404 @@
+//! SMTP AUTH through a real Postfix smtpd talking to the adapter's Dovecot-protocol
+//! SASL server, driven with swaks.
+//!
+//! `sasl_server.rs` speaks the Dovecot auth protocol to the adapter directly; this
+//! file proves Postfix's `xsasl_dovecot` client understands the adapter and that the
+//! answers have the intended effect on SMTP clients. Each test starts the adapter
+//! binary on the demo fixture with `SASL_LISTEN_ADDR` on loopback and a private
+//! Postfix 3.7 instance (see `support/private_postfix.rs`) with
+//! `smtpd_sasl_type = dovecot`, `smtpd_sasl_path = inet:<adapter>` and the
+//! adapter's `senders` socketmap as `smtpd_sender_login_maps`, and checks:
+//!
+//! - the right password gets `235` with `AUTH PLAIN` and `AUTH LOGIN`, with and
+//!   without an initial response, and a `+tag`/upper-case login too;
+//! - a wrong password, an unknown user and a spam-flagged user get `535` (swaks
+//!   exits 28), the spam user's reason reaching Postfix;
+//! - a backend that cannot answer gives `454 4.7.0 Temporary authentication
+//!   failure`, never `535`, and the next AUTH still works once it can;
+//! - an smtpd process keeps its auth connection across sessions: after more than
+//!   15 s idle a wrong password is still a clean `535`, not a `454`;
+//! - failed logins are slowed down by `SASL_FAILURE_DELAY`;
+//! - `reject_sender_login_mismatch` with the `senders` map: user2@ may send as its
+//!   alias, user@ may not send as user2@ (`553 5.7.1`).
+//!
+//! Loopback is not in the instance's mynetworks, so relaying needs a login.
+//!
+//! Needs root, Postfix and swaks, hence ignored by default.
+
+mod common;
+// Not every helper is used here (`start` is for instances without extra main.cf).
+#[allow(dead_code)]
+#[path = "support/private_postfix.rs"]
+mod private_postfix;
+
+use std::time::{Duration, Instant};
+
+use common::{Adapter, demo_fixture};
+use private_postfix::{PrivatePostfix, Transcript, free_port};
+
+/// swaks' exit code when the server refused the AUTH.
+const SWAKS_AUTH_FAILED: i32 = 28;
+/// swaks' exit code when the server accepted none of the recipients.
+const SWAKS_NO_RCPT_ACCEPTED: i32 = 24;
+
+/// Every demo user's password.
+const PASSWORD: &str = "password";
+
+/// The adapter on the demo fixture with the SASL listener on loopback and no
+/// failure delay, plus `extra` environment.
+fn sasl_adapter(extra: &[(&str, &str)]) -> Adapter {
+    let fixture = demo_fixture();
+    let mut env = vec![
+        ("LOOKUP_BACKEND", "fixture"),
+        (
+            "FIXTURE_PATH",
+            fixture.to_str().expect("UTF-8 fixture path"),
+        ),
+        ("POSTFIX_RECIPIENT_DELIMITER", "+"),
+        ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
+        ("SASL_FAILURE_DELAY", "0"),
+    ];
+    // Later entries win (Command::env), so `extra` can override the above.
+    env.extend_from_slice(extra);
+    let adapter = Adapter::spawn(&env);
+    assert!(adapter.sasl.is_some(), "the adapter's SASL listener is up");
+    adapter
+}
+
+/// main.cf lines for SMTP AUTH against the adapter's SASL listener `sasl` and
+/// sender ownership checks against its socketmap `socketmap`.
+fn sasl_main_cf(socketmap: &str, sasl: &str) -> String {
+    format!(
+        "\
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = inet:{sasl}
+smtpd_sasl_auth_enable = yes
+# No TLS in this instance: allow AUTH in the clear.
+smtpd_tls_auth_only = no
+broken_sasl_auth_clients = no
+smtpd_sender_login_maps = socketmap:inet:{socketmap}:senders
+smtpd_sender_restrictions = reject_sender_login_mismatch
+smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
+smtpd_recipient_restrictions = permit_sasl_authenticated, reject_unauth_destination
+"
+    )
+}
+
+/// The adapter and a Postfix using it for SMTP AUTH.
+fn setup(extra_env: &[(&str, &str)]) -> (Adapter, PrivatePostfix) {
+    let adapter = sasl_adapter(extra_env);
+    let sasl = adapter.sasl.clone().expect("SASL listener");
+    let postfix =
+        PrivatePostfix::start_with(&adapter.socketmap, &sasl_main_cf(&adapter.socketmap, &sasl));
+    (adapter, postfix)
+}
+
+/// One session that stops after AUTH with `mechanism` as `user`/`password`;
+/// `extra` goes after the harness's options (e.g. `--auth-plaintext`).
+fn auth(
+    postfix: &PrivatePostfix,
+    mechanism: &str,
+    user: &str,
+    password: &str,
+    extra: &[&str],
+) -> Transcript {
+    let mut args = vec![
+        "--auth",
+        mechanism,
+        "--auth-user",
+        user,
+        "--auth-password",
+        password,
+        "--quit-after",
+        "AUTH",
+    ];
+    args.extend_from_slice(extra);
+    postfix.swaks(&args)
+}
+
+/// The server's final answer to the AUTH exchange (skipping `334` challenges).
+fn auth_reply(t: &Transcript) -> &str {
+    let mut lines = t.text.lines();
+    lines
+        .by_ref()
+        .find(|l| {
+            l.strip_prefix(" -> ")
+                .is_some_and(|c| c.starts_with("AUTH "))
+        })
+        .unwrap_or_else(|| panic!("swaks never sent AUTH:\n{}", t.text));
+    lines
+        .filter(|l| l.starts_with("<-") || l.starts_with("<**"))
+        .map(|l| l.trim_start_matches(['<', '-', '*']).trim_start())
+        .find(|reply| !reply.starts_with("334"))
+        .unwrap_or_else(|| panic!("no final reply to AUTH:\n{}", t.text))
+}
+
+fn assert_auth_ok(t: &Transcript, what: &str) {
+    let reply = auth_reply(t);
+    assert!(reply.starts_with("235 "), "{what}: {reply}\n{}", t.text);
+    assert_eq!(t.exit, Some(0), "{what}: swaks exit\n{}", t.text);
+}
+
+/// A permanent "no": 535, swaks exit 28. Returns the reply.
+fn assert_auth_failed<'a>(t: &'a Transcript, what: &str) -> &'a str {
+    let reply = auth_reply(t);
+    assert!(
+        reply.starts_with("535 5.7.8 "),
+        "{what}: want 535, got {reply}\n{}",
+        t.text
+    );
+    assert_eq!(
+        t.exit,
+        Some(SWAKS_AUTH_FAILED),
+        "{what}: swaks exit\n{}",
+        t.text
+    );
+    reply
+}
+
+/// The pids of the smtpd processes that logged "connect from", in order.
+fn smtpd_connect_pids(postfix: &PrivatePostfix) -> Vec<String> {
+    postfix
+        .maillog()
+        .lines()
+        .filter(|l| l.contains("/smtpd[") && l.contains(": connect from "))
+        .filter_map(|l| {
+            let (_, rest) = l.split_once("/smtpd[")?;
+            Some(rest.split_once(']')?.0.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs postfix and swaks"]
+fn correct_password_is_accepted_with_plain_and_login() {
+    let (_adapter, postfix) = setup(&[]);
+    for mechanism in ["PLAIN", "LOGIN"] {
+        // swaks sends PLAIN's credentials as an initial response.
+        let t = auth(&postfix, mechanism, "user@example.org", PASSWORD, &[]);
+        assert_auth_ok(&t, mechanism);
+    }
+    // LOGIN always goes through two 334 challenges.
+    let t = auth(&postfix, "LOGIN", "user2@example.org", PASSWORD, &[]);
+    assert!(t.text.contains("334 VXNlcm5hbWU6"), "{}", t.text);
+    assert!(t.text.contains("334 UGFzc3dvcmQ6"), "{}", t.text);
+    assert_auth_ok(&t, "LOGIN user2");
+
+    // The login is normalised: case and the extension do not matter, and Postfix
+    // learns the normalised name (logged once a queue file exists, at RCPT).
+    let t = postfix.swaks(&[
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "User2+tag@Example.org",
+        "--auth-password",
+        PASSWORD,
+        // reject_sender_login_mismatch: the sender must be owned by the login.
+        "--from",
+        "user2@example.org",
+        "--to",
+        "user@example.org",
+        "--quit-after",
+        "RCPT",
+    ]);
+    assert_auth_ok(&t, "PLAIN with extension");
+    assert!(t.rcpt_reply().starts_with("250 "), "{}", t.text);
+    postfix.wait_for_log(&["sasl_method=PLAIN", "sasl_username=user2@example.org"]);
+}
+
+#[test]
+#[ignore = "needs postfix and swaks"]
+fn wrong_password_unknown_and_spam_users_get_535() {
+    let (_adapter, postfix) = setup(&[]);
+    for mechanism in ["PLAIN", "LOGIN"] {
+        let t = auth(&postfix, mechanism, "user@example.org", "wrong", &[]);
+        assert_auth_failed(&t, &format!("{mechanism} wrong password"));
+    }
+    let t = auth(&postfix, "PLAIN", "nobody@example.org", PASSWORD, &[]);
+    assert_auth_failed(&t, "unknown user");
+
+    // The right password, but the account is flagged as spam.
+    let t = auth(&postfix, "PLAIN", "spam@example.org", PASSWORD, &[]);
+    let reply = assert_auth_failed(&t, "spam user");
+    assert!(
+        reply.contains("user disabled due to spam role"),
+        "spam user: reason missing from {reply}"
+    );
+    postfix.wait_for_log(&[
+        "SASL PLAIN authentication failed",
+        "user disabled due to spam role",
+    ]);
+
+    // After all those failures the same client still logs in (no lock-out by default).
+    assert_auth_ok(
+        &auth(&postfix, "PLAIN", "user@example.org", PASSWORD, &[]),
+        "after failures",
+    );
+}
+
+#[test]
+#[ignore = "needs postfix and swaks"]
+fn backend_down_is_a_temporary_failure() {
+    let dead = free_port();
+    let base_url = format!("http://127.0.0.1:{dead}");
+    let adapter = Adapter::spawn(&[
+        ("USERLI_TOKEN", "t"),
+        ("USERLI_BASE_URL", &base_url),
+        ("LOOKUP_TIMEOUT", "1s"),
+        ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
+        ("SASL_FAILURE_DELAY", "0"),
+    ]);
+    let sasl = adapter.sasl.clone().expect("SASL listener");
+    let postfix =
+        PrivatePostfix::start_with(&adapter.socketmap, &sasl_main_cf(&adapter.socketmap, &sasl));
+    // The socketmap cannot answer either, so stop right after AUTH.
+    for (mechanism, password) in [("PLAIN", PASSWORD), ("LOGIN", PASSWORD), ("PLAIN", "wrong")] {
+        let t = auth(&postfix, mechanism, "user@example.org", password, &[]);
+        let reply = auth_reply(&t);
+        assert!(
+            reply.starts_with("454 4.7.0 Temporary authentication failure"),
+            "{mechanism}/{password}: want 454, got {reply}\n{}",
+            t.text
+        );
+        assert!(!reply.starts_with("535"), "{reply}");
+        assert_ne!(t.exit, Some(0), "{}", t.text);
+    }
+    // Postfix saw the auth connection go away, and reconnects for the next AUTH
+    // (which got its 454 above instead of "no SASL authentication mechanisms").
+    postfix.wait_for_log(&["SASL PLAIN authentication failed"]);
+    assert!(
+        !postfix
+            .maillog()
+            .contains("no SASL authentication mechanisms"),
+        "{}",
+        postfix.maillog()
+    );
+}
+
+#[test]
+#[ignore = "needs postfix and swaks"]
+fn idle_auth_connection_survives_between_sessions() {
+    let adapter = sasl_adapter(&[]);
+    let sasl = adapter.sasl.clone().expect("SASL listener");
+    // One smtpd process, so the second session reuses the first one's process and
+    // with it the auth connection (xsasl_dovecot keeps it for the process's life).
+    let postfix = PrivatePostfix::start_with_smtpd_limit(
+        &adapter.socketmap,
+        &sasl_main_cf(&adapter.socketmap, &sasl),
+        Some(1),
+    );
+    assert_auth_failed(
+        &auth(&postfix, "PLAIN", "user@example.org", "wrong", &[]),
+        "first session",
+    );
+    std::thread::sleep(Duration::from_secs(16));
+    let t = auth(&postfix, "PLAIN", "user@example.org", "wrong", &[]);
+    assert_auth_failed(&t, "after 16 s idle");
+    assert_auth_ok(
+        &auth(&postfix, "PLAIN", "user@example.org", PASSWORD, &[]),
+        "after 16 s idle, right password",
+    );
+    // The wait for the banner connected too; every SMTP session, including both
+    // AUTH sessions around the idle time, was served by one smtpd process.
+    let pids = smtpd_connect_pids(&postfix);
+    assert!(pids.len() >= 3, "{pids:?}\n{}", postfix.maillog());
+    assert!(
+        pids.iter().all(|p| *p == pids[0]),
+        "sessions served by several smtpd processes: {pids:?}"
+    );
+    assert!(
+        !postfix
+            .maillog()
+            .contains("Temporary authentication failure")
+            && !postfix
+                .maillog()
+                .contains("Connection lost to authentication server"),
+        "{}",
+        postfix.maillog()
+    );
+}
+
+#[test]
+#[ignore = "needs postfix and swaks"]
+fn failures_are_delayed() {
+    let (_adapter, postfix) = setup(&[("SASL_FAILURE_DELAY", "1s")]);
+    let started = Instant::now();
+    assert_auth_ok(
+        &auth(&postfix, "PLAIN", "user@example.org", PASSWORD, &[]),
+        "success",
+    );
+    let success = started.elapsed();
+    let started = Instant::now();
+    assert_auth_failed(
+        &auth(&postfix, "PLAIN", "user2@example.org", "wrong", &[]),
+        "failure",
+    );
+    let failure = started.elapsed();
+    assert!(
+        failure >= Duration::from_secs(1),
+        "failure answered after {failure:?}"
+    );
+    assert!(
+        failure >= success + Duration::from_millis(500),
+        "failure {failure:?} vs success {success:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs postfix and swaks"]
+fn sender_login_maps_come_from_the_senders_socketmap() {
+    let (_adapter, postfix) = setup(&[]);
+    let send_as = |user: &str, from: &str, to: &str| {
+        postfix.swaks(&[
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            user,
+            "--auth-password",
+            PASSWORD,
+            // The harness passes its own --from first; swaks uses the last one.
+            "--from",
+            from,
+            "--to",
+            to,
+            "--quit-after",
+            "RCPT",
+        ])
+    };
+
+    // user2@ owns alias@; relaying to a foreign domain works once authenticated.
+    for (from, to) in [
+        ("alias@example.org", "x@example.net"),
+        ("user2@example.org", "user@example.org"),
+    ] {
+        let t = send_as("user2@example.org", from, to);
+        assert_auth_ok(&t, from);
+        assert!(t.reply_to("MAIL FROM:").starts_with("250 "), "{}", t.text);
+        let reply = t.rcpt_reply();
+        assert!(
+            reply.starts_with("250 "),
+            "user2 as {from}: {reply}\n{}",
+            t.text
+        );
+        assert_eq!(t.exit, Some(0), "{}", t.text);
+    }
+
+    // user@ may not use user2@'s address (nor its alias).
+    for from in ["user2@example.org", "alias@example.org"] {
+        let t = send_as("user@example.org", from, "x@example.net");
+        assert!(auth_reply(&t).starts_with("235 "), "{}", t.text);
+        let reply = t.rcpt_reply();
+        assert!(
+            reply.starts_with("553 5.7.1 ")
+                && reply.contains("Sender address rejected: not owned by user user@example.org"),
+            "user as {from}: {reply}\n{}",
+            t.text
+        );
+        assert_eq!(t.exit, Some(SWAKS_NO_RCPT_ACCEPTED), "{}", t.text);
+    }
+
+    // Without a login there is no relaying at all.
+    let t = postfix.rcpt("x@example.net");
+    let reply = t.rcpt_reply();
+    assert!(reply.contains("Relay access denied"), "{reply}\n{}", t.text);
+}
