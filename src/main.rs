@@ -17,7 +17,8 @@ use userli_postfix_adapter::{Server, backend};
 #[command(
     version,
     about = "Postfix socketmap adapter for userli and other user directories",
-    after_help = config::settings::help_text()
+    after_help = config::settings::help_text(),
+    after_long_help = config::settings::long_help_text()
 )]
 struct Cli {
     /// A TOML configuration file (keys are the settings in lower case); the

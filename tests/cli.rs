@@ -97,6 +97,24 @@ fn help_lists_every_setting_and_version_works() {
     for s in userli_postfix_adapter::config::settings::SETTINGS {
         assert!(text.contains(s.env), "--help misses {}", s.env);
     }
+    // The long help carries every meaning, from the same table as the README.
+    let out = adapter().arg("--help").output().unwrap();
+    let long = String::from_utf8(out.stdout).unwrap();
+    let squeeze = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let long = squeeze(&long);
+    for s in userli_postfix_adapter::config::settings::SETTINGS {
+        let first_words: String = s.help.chars().filter(|&c| c != '`' && c != '*').collect();
+        let first_words = squeeze(&first_words)
+            .split(' ')
+            .take(6)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            long.contains(&first_words),
+            "--help misses the meaning of {}",
+            s.env
+        );
+    }
     let out = adapter().arg("--version").output().unwrap();
     assert!(
         String::from_utf8(out.stdout)

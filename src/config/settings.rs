@@ -321,3 +321,32 @@ pub fn help_text() -> String {
     }
     out
 }
+
+/// Every setting with its default and meaning, for `--help` (the long help).
+pub fn long_help_text() -> String {
+    let mut out = String::from(
+        "Settings (environment variables; a TOML file via --config or CONFIG_FILE takes the same\nnames in lower case; the environment wins):\n",
+    );
+    for s in SETTINGS {
+        let default = match s.default {
+            Some("") => " [default: empty]".to_owned(),
+            Some(d) => format!(" [default: {d}]"),
+            None => String::new(),
+        };
+        out.push_str(&format!("\n  {}{default}\n", s.env));
+        let plain: String = s.help.chars().filter(|&c| c != '`' && c != '*').collect();
+        let mut line = String::from("     ");
+        for word in plain.split_whitespace() {
+            if line.len() + word.len() > 88 {
+                out.push_str(line.trim_end());
+                out.push('\n');
+                line = String::from("     ");
+            }
+            line.push(' ');
+            line.push_str(word);
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
