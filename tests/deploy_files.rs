@@ -59,3 +59,101 @@ fn env_example_is_a_valid_configuration() {
     let sources = userli_postfix_adapter::config::Sources { file: None, env };
     userli_postfix_adapter::config::load(&sources).expect("the example configuration is valid");
 }
+
+fn yaml_documents(rel: &str) -> Vec<serde_yaml::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(&read(rel))
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{rel}: {e}")))
+        .collect()
+}
+
+fn assert_known(name: &str, file: &str) {
+    assert!(
+        userli_postfix_adapter::config::settings::find(name).is_some(),
+        "{file} sets unknown setting {name}"
+    );
+}
+
+#[test]
+fn compose_file_parses_and_wires_every_service() {
+    let compose = &yaml_documents("docker-compose.yml")[0];
+    let services = compose["services"].as_mapping().expect("services");
+    for name in [
+        "mariadb",
+        "userli",
+        "webserver",
+        "adapter",
+        "postfix",
+        "adapter-demo",
+        "postfix-demo",
+    ] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    for adapter in ["adapter", "adapter-demo"] {
+        let env = services[adapter]["environment"].as_mapping().unwrap();
+        for key in env.keys() {
+            assert_known(key.as_str().unwrap(), "docker-compose.yml");
+        }
+        for listener in [
+            "SOCKETMAP_LISTEN_ADDR",
+            "POLICY_LISTEN_ADDR",
+            "SASL_LISTEN_ADDR",
+        ] {
+            assert!(env.contains_key(listener), "{adapter} sets {listener}");
+        }
+    }
+    let main_cf = read("docker/postfix/main.cf");
+    for wiring in [
+        "socketmap:inet:@ADAPTER@:10001:alias",
+        "inet:@ADAPTER@:10004",
+        "inet:@ADAPTER@:10003",
+    ] {
+        assert!(main_cf.contains(wiring), "main.cf lacks {wiring}");
+    }
+}
+
+#[test]
+fn kubernetes_example_parses_with_probes_secret_and_known_settings() {
+    let docs = yaml_documents("deploy/kubernetes/userli-postfix-adapter.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["Secret", "Deployment", "Service"]);
+    let container = &docs[1]["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["livenessProbe"]["httpGet"]["path"].as_str(),
+        Some("/health")
+    );
+    assert_eq!(
+        container["readinessProbe"]["httpGet"]["path"].as_str(),
+        Some("/ready")
+    );
+    for var in container["env"].as_sequence().unwrap() {
+        assert_known(var["name"].as_str().unwrap(), "the Kubernetes example");
+    }
+    assert!(
+        !read("deploy/kubernetes/userli-postfix-adapter.yaml").contains("USERLI_TOKEN\n"),
+        "the token comes from the Secret, not a plain variable"
+    );
+}
+
+#[test]
+#[ignore = "needs postfix (postconf)"]
+fn compose_postfix_configuration_is_accepted_by_postconf() {
+    let dir = tempfile::tempdir().unwrap();
+    let main_cf = read("docker/postfix/main.cf").replace("@ADAPTER@", "127.0.0.1");
+    std::fs::write(dir.path().join("main.cf"), main_cf).unwrap();
+    std::fs::copy("/etc/postfix/master.cf", dir.path().join("master.cf")).unwrap();
+    let out = std::process::Command::new("postconf")
+        .arg("-c")
+        .arg(dir.path())
+        .arg("-n")
+        .output()
+        .expect("postconf runs");
+    let warnings = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{warnings}");
+    assert!(!warnings.contains("warning"), "{warnings}");
+    let effective = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        effective.contains("smtpd_sasl_path = inet:127.0.0.1:10004"),
+        "{effective}"
+    );
+}
