@@ -130,6 +130,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("creating metrics")?;
     let backend = backend::build_backend(&config, &metrics).context("starting the backend")?;
     let backend_name = backend.name().to_owned();
+    raise_open_files_limit(&config);
     let server = Server::bind(config, backend.clone(), metrics.clone()).await?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -163,6 +164,27 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     server.run(shutdown).await;
     tracing::info!("All servers stopped");
     Ok(())
+}
+
+/// Raises the soft open-files limit to the hard one (Go programs, upstream among them,
+/// get this from their runtime): Debian's default soft limit of 1024 is far below
+/// `SOCKETMAP_MAX_CONNECTIONS`, and a full descriptor table makes accepts fail.
+fn raise_open_files_limit(config: &Config) {
+    let listeners =
+        1 + usize::from(config.policy_listen.is_some()) + usize::from(config.sasl_listen.is_some());
+    // Each connection is one descriptor; the rest is listeners, backend and Redis
+    // connections, the state file and the metrics server.
+    let needed = (listeners * config.max_connections + 256) as u64;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "open-files limit is below what SOCKETMAP_MAX_CONNECTIONS allows; raise LimitNOFILE \
+             or ulimit -n, or connections beyond it fail"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+    }
 }
 
 async fn query(config: Config, map: &str, key: &str) -> anyhow::Result<ExitCode> {

@@ -21,7 +21,8 @@ use super::ConnectionHandler;
 pub struct PolicyLimits {
     /// Close a connection idle this long (`None`: never).
     pub idle_timeout: Option<Duration>,
-    /// Deadline for the rest of a started request and for each reply.
+    /// Deadline for a started request to be complete (counted from its first byte)
+    /// and for each reply.
     pub io_timeout: Duration,
 }
 
@@ -46,10 +47,14 @@ impl ConnectionHandler for PolicyHandler {
     {
         let mut decoder = PolicyDecoder::default();
         let mut buf = BytesMut::with_capacity(4096);
+        // When the request being received must be complete: a deadline from its first
+        // byte, so a client trickling bytes cannot hold the connection.
+        let mut request_deadline: Option<tokio::time::Instant> = None;
         loop {
             loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(request)) => {
+                        request_deadline = None;
                         let decision = self.service.decide(&request).await;
                         let reply = decision.action.render();
                         let written =
@@ -69,14 +74,18 @@ impl ConnectionHandler for PolicyHandler {
                 }
             }
             let mid_request = decoder.in_request(&buf);
-            if !mid_request && shutdown.is_cancelled() {
-                return;
+            if !mid_request {
+                // Stray empty lines between requests start nothing.
+                request_deadline = None;
+                if shutdown.is_cancelled() {
+                    return;
+                }
             }
             let read = stream.read_buf(&mut buf);
             let result = if mid_request {
-                tokio::time::timeout(self.limits.io_timeout, read)
-                    .await
-                    .ok()
+                let deadline = *request_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.limits.io_timeout);
+                tokio::time::timeout_at(deadline, read).await.ok()
             } else {
                 tokio::select! {
                     () = shutdown.cancelled() => return,

@@ -36,8 +36,8 @@ pub struct SaslHandler {
 }
 
 impl SaslHandler {
-    /// A handler checking logins with `service`; `io_timeout` bounds each write and
-    /// each handshake line.
+    /// A handler checking logins with `service`; `io_timeout` bounds each write,
+    /// each handshake line and the time from a line's first byte to its end.
     pub fn new(service: Arc<SaslService>, io_timeout: Duration) -> Self {
         Self {
             service,
@@ -63,6 +63,11 @@ enum End {
 struct Lines<'a, S> {
     stream: &'a mut S,
     buf: BytesMut,
+    /// How long a line may take from its first byte to its newline.
+    line_timeout: Duration,
+    /// When the line being received must be complete: a per-read timeout would let a
+    /// client trickling one byte at a time hold the connection forever.
+    line_deadline: Option<tokio::time::Instant>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
@@ -80,6 +85,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
                 }
                 let line = self.buf.split_to(end);
                 self.buf.advance(1);
+                self.line_deadline = None;
                 let line = line.strip_suffix(b"\r").unwrap_or(&line);
                 return Ok(String::from_utf8_lossy(line).into_owned());
             }
@@ -88,9 +94,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
             }
             self.buf.reserve(1024);
             let idle = self.buf.is_empty();
+            if idle {
+                self.line_deadline = None;
+            }
             let read = self.stream.read_buf(&mut self.buf);
             let n = match (limit, shutdown) {
-                (_, Some(token)) if idle => tokio::select! {
+                _ if !idle => {
+                    let line_timeout = self.line_timeout;
+                    let deadline = *self
+                        .line_deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + line_timeout);
+                    tokio::time::timeout_at(deadline, read)
+                        .await
+                        .map_err(|_| End::Closed)?
+                }
+                (_, Some(token)) => tokio::select! {
                     () = token.cancelled() => return Err(End::Shutdown),
                     r = read => r,
                 },
@@ -146,6 +164,8 @@ impl SaslHandler {
         let mut lines = Lines {
             stream,
             buf: BytesMut::with_capacity(1024),
+            line_timeout: self.io_timeout,
+            line_deadline: None,
         };
         let (mut version, mut cpid) = (false, false);
         while !(version && cpid) {

@@ -23,7 +23,8 @@ pub struct ConnectionLimits {
     pub max_request_size: usize,
     /// Close a connection idle this long (`None`: never).
     pub idle_timeout: Option<Duration>,
-    /// Deadline for the rest of a started request and for each reply write.
+    /// Deadline for a started request to be complete (counted from its first byte)
+    /// and for each reply write.
     pub io_timeout: Duration,
 }
 
@@ -102,10 +103,14 @@ impl SocketmapHandler {
             .idle_timeout
             .map(|d| Box::pin(tokio::time::sleep(d)));
         let mut last_activity = tokio::time::Instant::now();
+        // When the request being received must be complete. Per-read timeouts would
+        // let a client trickling one byte at a time hold the connection forever.
+        let mut request_deadline: Option<tokio::time::Instant> = None;
         loop {
             // Answer every complete request already received, even during shutdown:
             // Postfix has sent it and is waiting.
             while let Some(frame) = self.decoder.decode(&mut buf).map_err(Closed::Framing)? {
+                request_deadline = None;
                 let started = Instant::now();
                 let answer = self.service.answer(&frame).await;
                 out.clear();
@@ -147,7 +152,9 @@ impl SocketmapHandler {
                     }
                 }
             } else {
-                tokio::time::timeout(self.limits.io_timeout, stream.read_buf(&mut buf))
+                let deadline = *request_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.limits.io_timeout);
+                tokio::time::timeout_at(deadline, stream.read_buf(&mut buf))
                     .await
                     .map_err(|_| Closed::ReadTimeout)?
                     .map_err(Closed::Io)?

@@ -66,6 +66,10 @@ impl Client {
 }
 
 async fn connect() -> Client {
+    connect_with(Duration::from_secs(5)).await
+}
+
+async fn connect_with(io_timeout: Duration) -> Client {
     let metrics = Metrics::new().unwrap();
     let sasl_metrics = SaslMetrics::register(&metrics).unwrap();
     let service = Arc::new(SaslService::new(
@@ -80,7 +84,7 @@ async fn connect() -> Client {
         },
         sasl_metrics.clone(),
     ));
-    let handler = Arc::new(SaslHandler::new(service, Duration::from_secs(5)));
+    let handler = Arc::new(SaslHandler::new(service, io_timeout));
     let (client, server) = tokio::io::duplex(64 * 1024);
     tokio::spawn(handler.serve(server, CancellationToken::new()));
     let (r, w) = tokio::io::split(client);
@@ -312,4 +316,29 @@ async fn overlong_lines_close_the_connection() {
     let mut c = connect().await;
     c.send(&"A".repeat(MAX_LINE + 10)).await;
     assert_eq!(c.line().await, None);
+}
+
+#[tokio::test]
+async fn a_line_trickled_byte_by_byte_is_cut_off_at_its_deadline() {
+    let mut c = connect_with(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let line = format!(
+        "AUTH\t1\tPLAIN\tservice=smtp\tresp={}\n",
+        b64(b"\0user@example.org\0secret")
+    );
+    for byte in line.as_bytes() {
+        // Each byte comes well within the timeout; the line as a whole does not.
+        if c.writer.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    assert_eq!(c.line().await, None, "closed without a reply");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "cut off at the deadline"
+    );
 }

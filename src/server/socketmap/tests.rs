@@ -249,6 +249,37 @@ async fn stalled_partial_request_hits_the_io_timeout() {
 }
 
 #[tokio::test]
+async fn a_request_trickled_byte_by_byte_is_cut_off_at_its_deadline() {
+    let mut h = harness(ConnectionLimits {
+        io_timeout: Duration::from_millis(300),
+        ..limits()
+    });
+    let started = std::time::Instant::now();
+    let request = frame("domain example.org");
+    let mut sent = 0;
+    for byte in &request {
+        // Each byte comes well within the timeout; the request as a whole does not.
+        if h.client.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        sent += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    assert!(
+        sent < request.len(),
+        "cut off before the request was complete"
+    );
+    let mut rest = Vec::new();
+    h.client.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty(), "no reply to an incomplete request");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(h.metrics.render().contains("reason=\"read_timeout\"} 1"));
+}
+
+#[tokio::test]
 async fn shutdown_closes_idle_connections_and_finishes_started_requests() {
     let mut h = harness(limits());
     assert_eq!(ask(&mut h, "domain example.org").await, "OK 1");
