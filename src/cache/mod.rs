@@ -183,9 +183,18 @@ impl OutcomeCounters {
 /// The cache for one kind of answer `V` under keys `K`.
 pub struct AnswerCache<K, V> {
     entries: Option<moka::sync::Cache<K, Entry<V>>>,
-    inflight: Mutex<HashMap<K, watch::Receiver<Option<SharedResult<V>>>>>,
+    inflight: Mutex<Inflight<K, V>>,
     settings: CacheSettings,
     counters: OutcomeCounters,
+}
+
+/// The backend calls in progress, and which [`AnswerCache::clear`] they belong to.
+///
+/// A call that started before a clear (a reload) must neither store its answer
+/// nor be joined by lookups made after it: both would serve pre-reload data.
+struct Inflight<K, V> {
+    generation: u64,
+    calls: HashMap<K, watch::Receiver<Option<SharedResult<V>>>>,
 }
 
 impl<K, V> std::fmt::Debug for AnswerCache<K, V> {
@@ -219,7 +228,10 @@ where
         });
         Self {
             entries,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Mutex::new(Inflight {
+                generation: 0,
+                calls: HashMap::new(),
+            }),
             settings,
             counters: OutcomeCounters {
                 vec: counter,
@@ -238,6 +250,11 @@ where
 
     /// Drops every stored entry (after a backend reload, for example).
     pub fn clear(&self) {
+        // Under the in-flight lock, so no call started earlier can store its answer
+        // after the entries are gone.
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        inflight.generation += 1;
+        inflight.calls.clear();
         if let Some(e) = &self.entries {
             e.invalidate_all();
         }
@@ -323,14 +340,16 @@ where
         Fut: Future<Output = Result<V, BackendError>> + Send + 'static,
     {
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(receiver) = inflight.get(&key) {
+        if let Some(receiver) = inflight.calls.get(&key) {
             self.count(handler, Outcome::Coalesced);
             return receiver.clone();
         }
         self.count(handler, Outcome::Miss);
         let (sender, receiver) = watch::channel(None);
-        inflight.insert(key.clone(), receiver.clone());
+        inflight.calls.insert(key.clone(), receiver.clone());
+        let generation = inflight.generation;
         drop(inflight);
+        let own = receiver.clone();
 
         let call = fetch();
         let cache = Arc::clone(self);
@@ -339,22 +358,29 @@ where
             let result = tokio::time::timeout(call_timeout, call)
                 .await
                 .unwrap_or(Err(BackendError::Timeout));
-            if let (Ok(value), Some(entries)) = (&result, &cache.entries)
-                && !cache.ttl_of(value).is_zero()
             {
-                entries.insert(
-                    key.clone(),
-                    Entry {
-                        value: value.clone(),
-                        stored: Instant::now(),
-                    },
-                );
+                let mut inflight = cache.inflight.lock().unwrap_or_else(|p| p.into_inner());
+                if inflight.generation == generation {
+                    if let (Ok(value), Some(entries)) = (&result, &cache.entries)
+                        && !cache.ttl_of(value).is_zero()
+                    {
+                        entries.insert(
+                            key.clone(),
+                            Entry {
+                                value: value.clone(),
+                                stored: Instant::now(),
+                            },
+                        );
+                    }
+                    if inflight
+                        .calls
+                        .get(&key)
+                        .is_some_and(|r| r.same_channel(&own))
+                    {
+                        inflight.calls.remove(&key);
+                    }
+                }
             }
-            cache
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&key);
             let _ = sender.send(Some(result.map_err(Arc::new)));
         });
         receiver

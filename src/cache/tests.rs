@@ -311,3 +311,38 @@ async fn refreshed_entries_get_a_new_lifetime() {
         "third lookup is a hit on the refreshed entry"
     );
 }
+
+#[tokio::test]
+async fn a_call_in_flight_during_a_clear_neither_stores_nor_is_joined() {
+    let (c, _) = cache(settings());
+    let calls = Arc::new(AtomicUsize::new(0));
+    // Started before the reload: the backend still says "no".
+    let before = tokio::spawn({
+        let (c, calls) = (c.clone(), calls.clone());
+        async move {
+            c.get(
+                "t",
+                "new".into(),
+                fetch(&calls, Duration::from_millis(100), Ok(false)),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.clear();
+    // After the reload the backend says "yes": a lookup now must not join the old
+    // call, and the old call's answer must not be stored.
+    let after = c
+        .get("t", "new".into(), fetch(&calls, Duration::ZERO, Ok(true)))
+        .await;
+    assert!(after.unwrap());
+    assert!(
+        !before.await.unwrap().unwrap(),
+        "the old caller gets its answer"
+    );
+    let later = c
+        .get("t", "new".into(), fetch(&calls, Duration::ZERO, Ok(false)))
+        .await;
+    assert!(later.unwrap(), "the post-reload answer is the one cached");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

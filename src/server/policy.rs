@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::policy::PolicyService;
 use crate::protocol::policy::PolicyDecoder;
 
-use super::ConnectionHandler;
+use super::{ConnectionHandler, SHUTDOWN_DRAIN};
 
 /// Limits of one policy connection.
 #[derive(Debug, Clone, Copy)]
@@ -50,6 +50,8 @@ impl ConnectionHandler for PolicyHandler {
         // When the request being received must be complete: a deadline from its first
         // byte, so a client trickling bytes cannot hold the connection.
         let mut request_deadline: Option<tokio::time::Instant> = None;
+        // Whether the one read after shutdown has been made.
+        let mut drained = false;
         loop {
             loop {
                 match decoder.decode(&mut buf) {
@@ -77,24 +79,32 @@ impl ConnectionHandler for PolicyHandler {
             if !mid_request {
                 // Stray empty lines between requests start nothing.
                 request_deadline = None;
-                if shutdown.is_cancelled() {
+                if shutdown.is_cancelled() && drained {
                     return;
                 }
             }
-            let read = stream.read_buf(&mut buf);
+            let mut read = std::pin::pin!(stream.read_buf(&mut buf));
             let result = if mid_request {
                 let deadline = *request_deadline
                     .get_or_insert_with(|| tokio::time::Instant::now() + self.limits.io_timeout);
                 tokio::time::timeout_at(deadline, read).await.ok()
+            } else if shutdown.is_cancelled() {
+                drained = true;
+                tokio::time::timeout(SHUTDOWN_DRAIN, read).await.ok()
             } else {
+                let idle_limit = async {
+                    match self.limits.idle_timeout {
+                        Some(d) => tokio::time::sleep(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    r = async {
-                        match self.limits.idle_timeout {
-                            Some(d) => tokio::time::timeout(d, read).await.ok(),
-                            None => Some(read.await),
-                        }
-                    } => r,
+                    () = shutdown.cancelled() => {
+                        drained = true;
+                        tokio::time::timeout(SHUTDOWN_DRAIN, &mut read).await.ok()
+                    }
+                    r = &mut read => Some(r),
+                    () = idle_limit => None,
                 }
             };
             match result {

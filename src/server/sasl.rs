@@ -19,7 +19,7 @@ use crate::protocol::dovecot::{
 };
 use crate::sasl::{AuthResult, SaslService};
 
-use super::ConnectionHandler;
+use super::{ConnectionHandler, SHUTDOWN_DRAIN};
 
 /// How long Postfix may take to relay the SMTP client's next `CONT` answer
 /// (`smtpd_timeout`, 300 s, plus a margin).
@@ -68,6 +68,8 @@ struct Lines<'a, S> {
     /// When the line being received must be complete: a per-read timeout would let a
     /// client trickling one byte at a time hold the connection forever.
     line_deadline: Option<tokio::time::Instant>,
+    /// Whether the one read after shutdown has been made.
+    drained: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
@@ -96,8 +98,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
             let idle = self.buf.is_empty();
             if idle {
                 self.line_deadline = None;
+                if self.drained && shutdown.is_some_and(CancellationToken::is_cancelled) {
+                    return Err(End::Shutdown);
+                }
             }
-            let read = self.stream.read_buf(&mut self.buf);
+            let mut read = std::pin::pin!(self.stream.read_buf(&mut self.buf));
             let n = match (limit, shutdown) {
                 _ if !idle => {
                     let line_timeout = self.line_timeout;
@@ -109,8 +114,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
                         .map_err(|_| End::Closed)?
                 }
                 (_, Some(token)) => tokio::select! {
-                    () = token.cancelled() => return Err(End::Shutdown),
-                    r = read => r,
+                    () = token.cancelled() => {
+                        self.drained = true;
+                        match tokio::time::timeout(SHUTDOWN_DRAIN, &mut read).await {
+                            Ok(r) => r,
+                            Err(_) => return Err(End::Shutdown),
+                        }
+                    }
+                    r = &mut read => r,
                 },
                 (Some(d), _) => tokio::time::timeout(d, read)
                     .await
@@ -166,6 +177,7 @@ impl SaslHandler {
             buf: BytesMut::with_capacity(1024),
             line_timeout: self.io_timeout,
             line_deadline: None,
+            drained: false,
         };
         let (mut version, mut cpid) = (false, false);
         while !(version && cpid) {

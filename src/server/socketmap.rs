@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::lookup::LookupService;
 use crate::protocol::netstring::{self, NetstringDecoder, NetstringError};
 
-use super::ConnectionHandler;
+use super::{ConnectionHandler, SHUTDOWN_DRAIN};
 
 /// Limits of one socketmap connection.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +106,8 @@ impl SocketmapHandler {
         // When the request being received must be complete. Per-read timeouts would
         // let a client trickling one byte at a time hold the connection forever.
         let mut request_deadline: Option<tokio::time::Instant> = None;
+        // Whether the one read after shutdown has been made.
+        let mut drained = false;
         loop {
             // Answer every complete request already received, even during shutdown:
             // Postfix has sent it and is waiting.
@@ -120,13 +122,19 @@ impl SocketmapHandler {
             }
 
             let idle = buf.is_empty();
-            if idle && shutdown.is_cancelled() {
+            if idle && shutdown.is_cancelled() && drained {
                 return Ok(());
             }
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(1024);
             }
-            let n = if idle {
+            let n = if idle && shutdown.is_cancelled() {
+                drained = true;
+                match tokio::time::timeout(SHUTDOWN_DRAIN, stream.read_buf(&mut buf)).await {
+                    Ok(r) => r.map_err(Closed::Io)?,
+                    Err(_) => return Ok(()),
+                }
+            } else if idle {
                 let mut read = std::pin::pin!(stream.read_buf(&mut buf));
                 loop {
                     let timer = async {
@@ -136,7 +144,13 @@ impl SocketmapHandler {
                         }
                     };
                     tokio::select! {
-                        () = shutdown.cancelled() => return Ok(()),
+                        () = shutdown.cancelled() => {
+                            drained = true;
+                            match tokio::time::timeout(SHUTDOWN_DRAIN, &mut read).await {
+                                Ok(r) => break r.map_err(Closed::Io)?,
+                                Err(_) => return Ok(()),
+                            }
+                        }
                         r = &mut read => break r.map_err(Closed::Io)?,
                         () = timer => {
                             let (Some(t), Some(limit)) = (idle_timer.as_mut(), self.limits.idle_timeout) else {
