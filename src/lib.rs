@@ -173,6 +173,10 @@ impl Server {
                         CountMode::Messages
                     },
                     timeout: config.lookup_timeout,
+                    // The backend's breaker settings serve the store too: both say
+                    // how soon to stop waiting for something that keeps failing.
+                    store_breaker_failures: config.breaker_failures,
+                    store_breaker_cooldown: config.breaker_cooldown,
                 },
                 PolicyMetrics::register(&metrics).map_err(ServerError::Metrics)?,
             );
@@ -325,8 +329,13 @@ impl Server {
             spawn_accept_loops("policy", listeners, &handler, &ctx, &mut accept_loops);
             let store = policy_service.store().clone();
             let stop = token.clone();
+            let save_errors = policy_service
+                .metrics()
+                .store_errors
+                .with_label_values(&["save"]);
             flusher = Some((
                 store.clone(),
+                save_errors.clone(),
                 tokio::spawn(async move {
                     let mut tick = tokio::time::interval(STORE_FLUSH_INTERVAL);
                     loop {
@@ -335,6 +344,9 @@ impl Server {
                             _ = tick.tick() => {}
                         }
                         if let Err(e) = store.flush().await {
+                            // Counted so the store-errors alert fires: quotas still
+                            // hold in memory, but a restart would forget them.
+                            save_errors.inc();
                             tracing::error!(error = %e, "cannot save the quota windows");
                         }
                     }
@@ -413,9 +425,10 @@ impl Server {
                 "grace period over, closing remaining connections"
             );
         }
-        if let Some((store, task)) = flusher {
+        if let Some((store, save_errors, task)) = flusher {
             task.abort();
             if let Err(e) = store.flush().await {
+                save_errors.inc();
                 tracing::error!(error = %e, "cannot save the quota windows at shutdown");
             }
         }

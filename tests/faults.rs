@@ -16,6 +16,10 @@
 //! binary or all three services at once.
 
 mod common;
+// Not every helper is used here (`not_started` is for policy_redis.rs).
+#[allow(dead_code)]
+#[path = "support/redis_server.rs"]
+mod redis_server;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -25,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use common::{Adapter, http_get};
+use redis_server::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use userli_postfix_adapter::protocol::netstring::{NetstringDecoder, encode};
@@ -989,7 +994,16 @@ async fn unwritable_state_file_keeps_enforcing_in_memory_and_logs_the_error() {
     let lookup = map.ask("mailbox limited@example.org").await;
     let metrics = scrape(&adapter).await;
     let checked = metric(&metrics, &format!("{M}quota_checks_total"), "checked");
-    let store_errors = metric(&metrics, &format!("{M}ratelimit_backend_errors_total"), "");
+    let store_errors = metric(
+        &metrics,
+        &format!("{M}ratelimit_backend_errors_total"),
+        "operation=\"check\"",
+    );
+    let save_errors = metric(
+        &metrics,
+        &format!("{M}ratelimit_backend_errors_total"),
+        "operation=\"save\"",
+    );
 
     // Repaired: the shutdown save writes what was kept in memory.
     std::fs::remove_dir_all(&target).unwrap();
@@ -1007,7 +1021,7 @@ async fn unwritable_state_file_keeps_enforcing_in_memory_and_logs_the_error() {
 
     eprintln!(
         "faults: state file unwritable: decisions {:?}, save error logged after {} ({}), \
-         socketmap {lookup:?}, quota checks {checked}, store errors {store_errors}; \
+         socketmap {lookup:?}, quota checks {checked}, check errors {store_errors}, save errors {save_errors}; \
          repaired: exit {:?}, saved {} bytes, after restart {:?}",
         answers.iter().map(|a| a.trim_end()).collect::<Vec<_>>(),
         secs(failed_after),
@@ -1028,6 +1042,10 @@ async fn unwritable_state_file_keeps_enforcing_in_memory_and_logs_the_error() {
     assert_eq!(lookup, "OK 1");
     assert_eq!(checked, 4.0, "every quota check succeeded in memory");
     assert_eq!(store_errors, 0.0, "no decision was affected");
+    assert!(
+        save_errors >= 1.0,
+        "the failed save is counted (and alerts)"
+    );
     assert!(status.success(), "{status:?}");
     assert!(saved.contains("limited@example.org"), "{saved}");
     assert_eq!(after_restart, REJECT, "the count survived");
@@ -1118,76 +1136,6 @@ fn unusable_state_directory_at_startup_is_fatal_unless_the_policy_server_is_off(
 // Row 5: Redis killed and restarted under load.
 // ---------------------------------------------------------------------------
 
-/// A throw-away `redis-server` on a fixed port (see `policy_redis.rs`).
-struct Redis {
-    child: Option<std::process::Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut redis = Self {
-            child: None,
-            port,
-            dir: tempfile::tempdir().unwrap(),
-        };
-        redis.spawn();
-        redis
-    }
-
-    fn spawn(&mut self) {
-        let child = std::process::Command::new("/usr/bin/redis-server")
-            .args(["--save", "", "--appendonly", "no", "--bind", "127.0.0.1"])
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.ping() {
-            assert!(Instant::now() < deadline, "redis-server does not answer");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn ping(&self) -> bool {
-        use std::io::{Read, Write};
-        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-        let mut reply = [0u8; 7];
-        s.write_all(b"PING\r\n").is_ok()
-            && s.read_exact(&mut reply).is_ok()
-            && &reply == b"+PONG\r\n"
-    }
-
-    /// SIGKILL: no goodbye to the adapter's connection.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
 /// The binary with REDIS_URL and 10 policy connections of load (logins with a
 /// large quota, so every request is a Redis check). Redis is SIGKILLed and
 /// restarted on the same port. Asserted: before, a quota of 3 an hour is
@@ -1200,7 +1148,7 @@ impl Drop for Redis {
 #[ignore = "needs redis-server"]
 async fn redis_killed_under_load_fails_open_within_the_lookup_timeout_and_enforcement_resumes() {
     const TIMEOUT: Duration = Duration::from_millis(300);
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let fixture = dir.path().join("f.toml");
     let mut text = String::from(

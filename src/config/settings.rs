@@ -142,7 +142,7 @@ pub const SETTINGS: &[Setting] = &[
         "CIRCUIT_BREAKER_FAILURES",
         Some("5"),
         false,
-        "Consecutive backend failures that open the circuit breaker: lookups then get stale answers or `TEMP` at once, without calling the backend. `0` disables the breaker.",
+        "Consecutive backend failures that open the circuit breaker: lookups then get stale answers or `TEMP` at once, without calling the backend. The policy server's quota store (Redis) has its own breaker with the same settings: while open, decisions fail open (or closed) at once. `0` disables both.",
     ),
     s(
         "CIRCUIT_BREAKER_COOLDOWN",
@@ -257,7 +257,7 @@ pub const SETTINGS: &[Setting] = &[
         "SOCKETMAP_IO_TIMEOUT",
         Some("10s"),
         false,
-        "Limit for receiving the rest of a started request and for writing a reply.",
+        "Deadline for a started request (a socketmap netstring, a policy request, a SASL line) to arrive in full, counted from its first byte, and for writing a reply; a client trickling bytes is cut off at it.",
     ),
     s(
         "UNIX_SOCKET_MODE",

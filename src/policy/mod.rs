@@ -19,6 +19,7 @@ use crate::log_throttle::LogThrottle;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
 use crate::normalize::Normalizer;
 use crate::protocol::policy::{Action, PolicyRequest};
+use crate::resilience::CircuitBreaker;
 use store::QuotaStore;
 
 /// What is counted against the quota.
@@ -45,6 +46,11 @@ pub struct PolicySettings {
     pub count: CountMode,
     /// Deadline for the quota lookup and the store, each.
     pub timeout: Duration,
+    /// Consecutive store failures after which checks fail at once, without
+    /// waiting for the store, for `store_breaker_cooldown` (0: never).
+    pub store_breaker_failures: u32,
+    /// How long the store breaker stays open before one check is let through.
+    pub store_breaker_cooldown: Duration,
 }
 
 /// The policy metrics, upstream's names and labels.
@@ -62,12 +68,15 @@ pub struct PolicyMetrics {
     pub quota_checks: IntCounterVec,
     /// `policy_connection_pool_full_total`.
     pub pool_full: IntCounter,
-    /// `ratelimit_backend_errors_total{operation}`: store failures.
+    /// `ratelimit_backend_errors_total{operation}`: store failures, `check` (as
+    /// upstream) and `save` (the embedded store's file).
     pub store_errors: IntCounterVec,
     /// `ratelimit_store_duration_seconds{store}` (new): store latency.
     pub store_duration: HistogramVec,
     /// `policy_quota_errors_total` (new): quota lookups that failed.
     pub quota_errors: IntCounter,
+    /// `ratelimit_store_circuit_breaker_state` (new): 0 closed, 1 open, 2 half-open.
+    pub store_breaker_state: IntGauge,
 }
 
 impl PolicyMetrics {
@@ -114,7 +123,7 @@ impl PolicyMetrics {
             store_errors: IntCounterVec::new(
                 opts(
                     "ratelimit_backend_errors_total",
-                    "Failures of the rate-limit store (messages were let through)",
+                    "Failures of the rate-limit store: checks (the message was let through, or deferred when failing closed) and saves of the state file",
                 ),
                 &["operation"],
             )?,
@@ -131,6 +140,10 @@ impl PolicyMetrics {
                 "policy_quota_errors_total",
                 "Quota lookups that failed (messages were let through unless failing closed)",
             ))?,
+            store_breaker_state: IntGauge::with_opts(opts(
+                "ratelimit_store_circuit_breaker_state",
+                "Rate-limit store circuit breaker: 0 closed, 1 open, 2 half-open",
+            ))?,
         };
         let r = metrics.registry();
         r.register(Box::new(m.active_connections.clone()))?;
@@ -142,6 +155,7 @@ impl PolicyMetrics {
         r.register(Box::new(m.store_errors.clone()))?;
         r.register(Box::new(m.store_duration.clone()))?;
         r.register(Box::new(m.quota_errors.clone()))?;
+        r.register(Box::new(m.store_breaker_state.clone()))?;
         Ok(m)
     }
 }
@@ -165,6 +179,9 @@ pub struct PolicyService {
     settings: PolicySettings,
     metrics: PolicyMetrics,
     warn_log: LogThrottle,
+    /// A dead Redis must cost nothing per message, not a timeout each: Postfix's
+    /// smtpd waits for every decision.
+    store_breaker: CircuitBreaker,
 }
 
 impl std::fmt::Debug for PolicyService {
@@ -185,6 +202,11 @@ impl PolicyService {
         settings: PolicySettings,
         metrics: PolicyMetrics,
     ) -> Self {
+        let store_breaker = CircuitBreaker::new(
+            settings.store_breaker_failures,
+            settings.store_breaker_cooldown,
+            metrics.store_breaker_state.clone(),
+        );
         Self {
             backend,
             store,
@@ -192,6 +214,7 @@ impl PolicyService {
             settings,
             metrics,
             warn_log: LogThrottle::new(Duration::from_secs(10)),
+            store_breaker,
         }
     }
 
@@ -283,6 +306,9 @@ impl PolicyService {
                 .unwrap_or(1)
                 .max(1),
         };
+        let Some(permit) = self.store_breaker.try_call() else {
+            return self.store_failure("store unavailable (circuit breaker open)");
+        };
         let store_started = Instant::now();
         let verdict = tokio::time::timeout(
             self.settings.timeout,
@@ -294,6 +320,8 @@ impl PolicyService {
             .store_duration
             .with_label_values(&[self.store.name()])
             .observe(store_started.elapsed().as_secs_f64());
+        self.store_breaker
+            .record(permit, matches!(verdict, Ok(Ok(_))));
         let verdict = match verdict {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return self.store_failure(&e.to_string()),

@@ -42,6 +42,8 @@ fn settings() -> PolicySettings {
         sender_fallback: false,
         count: CountMode::Messages,
         timeout: Duration::from_secs(1),
+        store_breaker_failures: 3,
+        store_breaker_cooldown: Duration::from_millis(200),
     }
 }
 
@@ -170,4 +172,80 @@ async fn defer_mode_and_recipient_counting() {
         Action::Defer("Rate limit exceeded, please try again later".into())
     );
     assert_eq!(d.label, "defer");
+}
+
+/// A store that is down (each check fails after `delay`) until `up` is set.
+struct FlakyStore {
+    up: std::sync::atomic::AtomicBool,
+    calls: std::sync::atomic::AtomicUsize,
+    delay: Duration,
+}
+
+#[async_trait]
+impl QuotaStore for FlakyStore {
+    async fn check(
+        &self,
+        _: &str,
+        limits: SmtpQuota,
+        weight: u64,
+        _: SystemTime,
+    ) -> Result<window::Verdict, store::StoreError> {
+        use std::sync::atomic::Ordering;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(self.delay).await;
+        if self.up.load(Ordering::SeqCst) {
+            Ok(window::Verdict::judge(limits, weight, weight))
+        } else {
+            Err(store::StoreError::Remote("connection refused".into()))
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+}
+
+#[tokio::test]
+async fn a_failing_store_stops_costing_time_per_message_and_is_probed_again() {
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(FlakyStore {
+        up: false.into(),
+        calls: 0.into(),
+        delay: Duration::from_millis(50),
+    });
+    let metrics = PolicyMetrics::register(&Metrics::new().unwrap()).unwrap();
+    let s = PolicyService::new(
+        Arc::new(Quotas),
+        store.clone(),
+        Normalizer::new("+"),
+        settings(),
+        metrics.clone(),
+    );
+    // Three failures (the threshold) each wait for the store...
+    for _ in 0..3 {
+        let d = s.decide(&eom("limited@x.org")).await;
+        assert_eq!((d.action, d.label), (Action::Dunno, "error"));
+    }
+    assert_eq!(store.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(metrics.store_breaker_state.get(), 1, "open");
+    // ...then messages fail open at once, without a store call.
+    let started = Instant::now();
+    for _ in 0..100 {
+        let d = s.decide(&eom("limited@x.org")).await;
+        assert_eq!((d.action, d.label), (Action::Dunno, "error"));
+    }
+    assert!(started.elapsed() < Duration::from_millis(50));
+    assert_eq!(store.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        metrics.store_errors.with_label_values(&["check"]).get(),
+        103,
+        "every message let through is counted"
+    );
+    // After the cool-down one probe goes through; the store is back: closed.
+    store.up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let d = s.decide(&eom("limited@x.org")).await;
+    assert_eq!(d.label, "dunno");
+    assert_eq!(metrics.store_breaker_state.get(), 0, "closed");
+    assert_eq!(store.calls.load(Ordering::SeqCst), 4);
 }
