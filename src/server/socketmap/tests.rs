@@ -280,6 +280,44 @@ async fn a_request_trickled_byte_by_byte_is_cut_off_at_its_deadline() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_reads_its_replies_is_closed_at_the_write_deadline() {
+    let metrics = Metrics::new().unwrap();
+    let service = Arc::new(LookupService::new(
+        Arc::new(TableBackend::default()),
+        Normalizer::new("+"),
+        Duration::from_millis(200),
+        metrics.clone(),
+    ));
+    let handler = Arc::new(SocketmapHandler::new(
+        service,
+        ConnectionLimits {
+            io_timeout: Duration::from_millis(300),
+            ..limits()
+        },
+    ));
+    // A 256-byte pipe: the replies back up after a few requests.
+    let (mut client, server) = tokio::io::duplex(256);
+    let task = tokio::spawn(handler.serve(server, CancellationToken::new()));
+    let started = std::time::Instant::now();
+    let request = frame("domain example.org");
+    let mut written = 0;
+    // The adapter stops reading while its reply waits, so our writes block too.
+    while tokio::time::timeout(Duration::from_millis(100), client.write_all(&request))
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        written += 1;
+        assert!(written < 1000, "the adapter kept reading without replying");
+    }
+    tokio::time::timeout(Duration::from_secs(2), task)
+        .await
+        .expect("closed at the write deadline")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(metrics.render().contains("reason=\"write_timeout\"} 1"));
+}
+
+#[tokio::test]
 async fn shutdown_closes_idle_connections_and_finishes_started_requests() {
     let mut h = harness(limits());
     assert_eq!(ask(&mut h, "domain example.org").await, "OK 1");
