@@ -23,7 +23,7 @@ run() {
     echo "robustness: cargo test $*" >&2
     cargo test --quiet "$@" -- --include-ignored --nocapture --test-threads=1 2>&1 \
         | tee -a target/robustness/test-output.txt \
-        | grep -E '^(hostile|faults):|^test result|FAILED|panicked' | tee -a "$out"
+        | grep -oE '(hostile|faults): .*|^test result.*|.*FAILED.*|.*panicked.*' | tee -a "$out"
 }
 : > target/robustness/test-output.txt
 run --test hostile_clients

@@ -32,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::{Adapter, demo_fixture};
+use common::Adapter;
 use private_postfix::PrivatePostfix;
 use userli_postfix_adapter::protocol::netstring::NetstringDecoder;
 use userli_postfix_adapter::protocol::policy::PolicyDecoder;
@@ -137,14 +137,7 @@ impl Seeds {
 #[test]
 #[ignore = "needs postfix and swaks"]
 fn real_postfix_traffic_becomes_fuzz_seeds() {
-    let fixture = demo_fixture();
-    let adapter = Adapter::spawn(&[
-        ("LOOKUP_BACKEND", "fixture"),
-        ("FIXTURE_PATH", fixture.to_str().unwrap()),
-        ("POSTFIX_RECIPIENT_DELIMITER", "+"),
-        ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
-        ("SASL_FAILURE_DELAY", "0"),
-    ]);
+    let adapter = Adapter::spawn_demo(&[]);
     let socketmap = Recorder::start(&adapter.socketmap);
     let policy = Recorder::start(adapter.policy.as_deref().expect("policy listener"));
     let sasl = Recorder::start(adapter.sasl.as_deref().expect("SASL listener"));

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Adapter, demo_fixture, http_get};
+use common::{Adapter, http_get};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use userli_postfix_adapter::protocol::netstring::encode;
@@ -45,15 +45,9 @@ struct Target {
 impl Target {
     fn start() -> Self {
         raise_open_files_limit();
-        let fixture = demo_fixture();
         let io_timeout = format!("{}s", IO_TIMEOUT.as_secs());
         let max_connections = MAX_CONNECTIONS.to_string();
-        let adapter = Adapter::spawn(&[
-            ("LOOKUP_BACKEND", "fixture"),
-            ("FIXTURE_PATH", fixture.to_str().unwrap()),
-            ("POSTFIX_RECIPIENT_DELIMITER", "+"),
-            ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
-            ("SASL_FAILURE_DELAY", "0"),
+        let adapter = Adapter::spawn_demo(&[
             ("SOCKETMAP_IO_TIMEOUT", &io_timeout),
             ("SOCKETMAP_MAX_CONNECTIONS", &max_connections),
         ]);

@@ -33,7 +33,7 @@ mod private_postfix;
 
 use std::time::{Duration, Instant};
 
-use common::{Adapter, demo_fixture};
+use common::Adapter;
 use private_postfix::{PrivatePostfix, Transcript, free_port};
 
 /// swaks' exit code when the server refused the AUTH.
@@ -47,22 +47,7 @@ const PASSWORD: &str = "password";
 /// The adapter on the demo fixture with the SASL listener on loopback and no
 /// failure delay, plus `extra` environment.
 fn sasl_adapter(extra: &[(&str, &str)]) -> Adapter {
-    let fixture = demo_fixture();
-    let mut env = vec![
-        ("LOOKUP_BACKEND", "fixture"),
-        (
-            "FIXTURE_PATH",
-            fixture.to_str().expect("UTF-8 fixture path"),
-        ),
-        ("POSTFIX_RECIPIENT_DELIMITER", "+"),
-        ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
-        ("SASL_FAILURE_DELAY", "0"),
-    ];
-    // Later entries win (Command::env), so `extra` can override the above.
-    env.extend_from_slice(extra);
-    let adapter = Adapter::spawn(&env);
-    assert!(adapter.sasl.is_some(), "the adapter's SASL listener is up");
-    adapter
+    Adapter::spawn_demo(extra)
 }
 
 /// main.cf lines for SMTP AUTH against the adapter's SASL listener `sasl` and

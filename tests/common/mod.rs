@@ -280,6 +280,26 @@ impl Adapter {
         }
     }
 
+    /// The binary on the demo fixture with every listener on loopback: delimiter
+    /// `+`, SASL without failure delay, plus `extra` (later entries win).
+    pub fn spawn_demo(extra: &[(&str, &str)]) -> Self {
+        let fixture = demo_fixture();
+        let mut env = vec![
+            ("LOOKUP_BACKEND", "fixture"),
+            (
+                "FIXTURE_PATH",
+                fixture.to_str().expect("UTF-8 fixture path"),
+            ),
+            ("POSTFIX_RECIPIENT_DELIMITER", "+"),
+            ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
+            ("SASL_FAILURE_DELAY", "0"),
+        ];
+        env.extend_from_slice(extra);
+        let adapter = Self::spawn(&env);
+        assert!(adapter.sasl.is_some(), "the adapter's SASL listener is up");
+        adapter
+    }
+
     pub fn signal(&self, name: &str) {
         let status = std::process::Command::new("kill")
             .arg(format!("-{name}"))
