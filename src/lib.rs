@@ -279,7 +279,7 @@ impl Server {
             .chain(sasl.iter().flat_map(|(_, ls)| ls.iter()))
             .filter_map(|l| match l {
                 BoundListener::Unix(_, p) => Some(p.clone()),
-                BoundListener::Tcp(_) => None,
+                BoundListener::Tcp(_) | BoundListener::InheritedUnix(_) => None,
             })
             .collect();
 
@@ -390,7 +390,7 @@ impl Server {
                             .with_graceful_shutdown(stop.cancelled_owned())
                             .await
                     }
-                    BoundListener::Unix(l, _) => {
+                    BoundListener::Unix(l, _) | BoundListener::InheritedUnix(l) => {
                         axum::serve(l, app)
                             .with_graceful_shutdown(stop.cancelled_owned())
                             .await

@@ -190,3 +190,117 @@ async fn sigterm_drains_and_exits_0() {
     assert!(status.success(), "{status:?}");
     assert!(idle.until_closed().await.is_empty());
 }
+
+/// `systemd-socket-activate` (package systemd) listening on `sockets` with `names`,
+/// starting the adapter on the first connection with `env`.
+fn socket_activated(sockets: &[String], names: &str, env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = Command::new("systemd-socket-activate");
+    for socket in sockets {
+        cmd.arg("-l").arg(socket);
+    }
+    cmd.arg(format!("--fdname={names}"));
+    let fixture = demo_fixture();
+    let fixture = format!("FIXTURE_PATH={}", fixture.display());
+    let state = std::env::temp_dir().join(format!("upa-activation-{}", std::process::id()));
+    let state = format!("STATE_DIRECTORY={}", state.display());
+    for var in [
+        "LOOKUP_BACKEND=fixture",
+        &fixture,
+        &state,
+        "METRICS_LISTEN_ADDR=127.0.0.1:0",
+    ] {
+        cmd.arg("-E").arg(var);
+    }
+    for (k, v) in env {
+        cmd.arg("-E").arg(format!("{k}={v}"));
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_userli-postfix-adapter"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate runs (package systemd)")
+}
+
+/// Connects to `addr` once it listens (the activator binds after it starts).
+async fn connect_when_listening(addr: &str) -> tokio::net::TcpStream {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match tokio::net::TcpStream::connect(addr).await {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(std::time::Instant::now() < deadline, "{addr}: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs systemd-socket-activate (package systemd)"]
+async fn socket_activation_serves_the_sockets_systemd_passes_and_leaves_them_in_place() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp = format!("127.0.0.1:{port}");
+    let sasl = dir.path().join("auth");
+    let mut child = socket_activated(
+        &[tcp.clone(), sasl.display().to_string()],
+        "socketmap:sasl",
+        &[
+            ("SOCKETMAP_LISTEN_ADDR", "systemd:socketmap"),
+            ("SASL_LISTEN_ADDR", "systemd:sasl"),
+            ("POLICY_LISTEN_ADDR", "off"),
+        ],
+    );
+    // The first lookup starts the adapter; it is answered on the passed socket.
+    let mut map = Client::new(connect_when_listening(&tcp).await);
+    assert_eq!(map.ask("mailbox user@example.org").await, "OK 1");
+    // The UNIX socket systemd created serves SASL.
+    let auth = tokio::net::UnixStream::connect(&sasl).await.unwrap();
+    let mut first = String::new();
+    tokio::io::BufReader::new(auth)
+        .read_line(&mut first)
+        .await
+        .unwrap();
+    assert_eq!(first, "VERSION\t1\t2\n");
+    // SIGTERM: a clean exit that leaves systemd's socket file alone.
+    let status = Command::new("kill")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exited = child.wait().unwrap();
+    assert!(exited.success(), "{exited:?}");
+    assert!(sasl.exists(), "the socket file belongs to systemd");
+
+    // A name systemd did not pass is a start-up error naming it and what was passed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let tcp = format!("127.0.0.1:{port}");
+    let mut child = socket_activated(
+        std::slice::from_ref(&tcp),
+        "socketmap",
+        &[
+            ("SOCKETMAP_LISTEN_ADDR", "systemd:lookups"),
+            ("POLICY_LISTEN_ADDR", "off"),
+        ],
+    );
+    let mut trigger = connect_when_listening(&tcp).await;
+    let mut rest = Vec::new();
+    let _ = trigger.read_to_end(&mut rest).await;
+    let exited = child.wait().unwrap();
+    assert_eq!(exited.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("systemd:lookups") && stderr.contains("LISTEN_FDNAMES: \"socketmap\""),
+        "{stderr}"
+    );
+}

@@ -9,25 +9,55 @@ fn read(rel: &str) -> String {
 
 #[test]
 #[ignore = "needs systemd-analyze (package systemd)"]
-fn systemd_unit_verifies() {
+fn systemd_units_verify() {
     let dir = tempfile::tempdir().unwrap();
     // verify checks that ExecStart exists: point it at the binary just built.
     let unit = read("deploy/systemd/userli-postfix-adapter.service").replace(
         "/usr/local/bin/userli-postfix-adapter",
         env!("CARGO_BIN_EXE_userli-postfix-adapter"),
     );
-    let path = dir.path().join("userli-postfix-adapter.service");
-    std::fs::write(&path, unit).unwrap();
-    let out = std::process::Command::new("systemd-analyze")
-        .args(["verify", "--man=no"])
-        .arg(&path)
-        .output()
-        .expect("systemd-analyze runs");
-    let diagnostics = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{diagnostics}");
+    let service = dir.path().join("userli-postfix-adapter.service");
+    std::fs::write(&service, unit).unwrap();
+    let mut units = vec![service];
+    for socket in ["socketmap", "policy", "sasl"] {
+        let name = format!("userli-postfix-adapter-{socket}.socket");
+        let path = dir.path().join(&name);
+        std::fs::write(&path, read(&format!("deploy/systemd/{name}"))).unwrap();
+        units.push(path);
+    }
+    let verify = |units: &[std::path::PathBuf]| {
+        std::process::Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .args(units)
+            // The drop-in is found next to the units (a trailing ':' keeps the
+            // built-in search path for the units they refer to).
+            .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
+            .output()
+            .expect("systemd-analyze runs")
+    };
+    let check = |out: std::process::Output, what: &str| {
+        let diagnostics = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{what}: {diagnostics}");
+        assert!(
+            diagnostics.trim().is_empty(),
+            "{what}: systemd-analyze found problems:\n{diagnostics}"
+        );
+    };
+    check(verify(&units), "service and sockets");
+    let drop_in = dir.path().join("userli-postfix-adapter.service.d");
+    std::fs::create_dir(&drop_in).unwrap();
+    std::fs::write(
+        drop_in.join("socket-activation.conf"),
+        read("deploy/systemd/socket-activation.conf"),
+    )
+    .unwrap();
+    check(verify(&units), "with the socket-activation drop-in");
+    // The drop-in is really read: a broken line in it is reported.
+    std::fs::write(drop_in.join("broken.conf"), "[Service]\nnot a setting\n").unwrap();
+    let out = verify(&units);
     assert!(
-        diagnostics.trim().is_empty(),
-        "systemd-analyze found problems:\n{diagnostics}"
+        String::from_utf8_lossy(&out.stderr).contains("broken.conf"),
+        "drop-ins are not being verified"
     );
 }
 

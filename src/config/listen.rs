@@ -16,6 +16,9 @@ pub enum ListenAddr {
     Host(String, u16),
     /// A UNIX stream socket.
     Unix(PathBuf),
+    /// `systemd:NAME`: the sockets systemd passed with `FileDescriptorName=NAME`
+    /// (socket activation); nothing is bound.
+    Systemd(String),
 }
 
 /// Why a listen address is invalid.
@@ -33,6 +36,9 @@ pub enum ListenAddrError {
     /// Malformed host part.
     #[error("invalid host in {0:?}")]
     InvalidHost(String),
+    /// `systemd:` without a usable name.
+    #[error("{0:?}: expected systemd:NAME, NAME being the socket unit's FileDescriptorName")]
+    InvalidSystemdName(String),
 }
 
 impl ListenAddr {
@@ -40,7 +46,8 @@ impl ListenAddr {
     ///
     /// A value is a UNIX socket path when it starts with `unix:`, contains a `/`, or
     /// ends with `.sock` (upstream took only absolute paths and `.sock`, and treated a
-    /// relative path such as `private/auth` as TCP).
+    /// relative path such as `private/auth` as TCP). `systemd:NAME` takes the sockets
+    /// systemd passed under that name.
     ///
     /// # Errors
     /// [`ListenAddrError`] naming what is wrong.
@@ -48,6 +55,17 @@ impl ListenAddr {
         let value = value.trim();
         if value.is_empty() {
             return Err(ListenAddrError::Empty);
+        }
+        if let Some(name) = value.strip_prefix("systemd:") {
+            // systemd allows up to 255 printable characters except ':'.
+            if name.is_empty()
+                || name.len() > 255
+                || name.contains(':')
+                || name.chars().any(|c| c.is_control() || c.is_whitespace())
+            {
+                return Err(ListenAddrError::InvalidSystemdName(value.to_owned()));
+            }
+            return Ok(Self::Systemd(name.to_owned()));
         }
         if let Some(path) = value.strip_prefix("unix:") {
             if path.is_empty() {
@@ -90,6 +108,7 @@ impl fmt::Display for ListenAddr {
             Self::Socket(addr) => write!(f, "{addr}"),
             Self::Host(host, port) => write!(f, "{host}:{port}"),
             Self::Unix(path) => write!(f, "{}", path.display()),
+            Self::Systemd(name) => write!(f, "systemd:{name}"),
         }
     }
 }
@@ -97,6 +116,27 @@ impl fmt::Display for ListenAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn systemd_socket_names() {
+        assert_eq!(
+            ListenAddr::parse("systemd:socketmap"),
+            Ok(ListenAddr::Systemd("socketmap".into()))
+        );
+        assert_eq!(
+            ListenAddr::parse("systemd:socketmap").unwrap().to_string(),
+            "systemd:socketmap"
+        );
+        for bad in ["systemd:", "systemd:a:b", "systemd:a b"] {
+            assert!(
+                matches!(
+                    ListenAddr::parse(bad),
+                    Err(ListenAddrError::InvalidSystemdName(_))
+                ),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn upstream_forms() {

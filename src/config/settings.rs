@@ -64,7 +64,7 @@ pub const SETTINGS: &[Setting] = &[
         "SOCKETMAP_LISTEN_ADDR",
         Some(":10001"),
         true,
-        "Socketmap listener: `:port` (all interfaces), `host:port`, `[v6]:port`, or a UNIX socket path (contains `/`, ends in `.sock`, or starts with `unix:`).",
+        "Socketmap listener: `:port` (all interfaces), `host:port`, `[v6]:port`, a UNIX socket path (contains `/`, ends in `.sock`, or starts with `unix:`), or `systemd:NAME` for the sockets systemd passes with `FileDescriptorName=NAME` (socket activation; see `deploy/systemd/socket-activation.conf`).",
     ),
     s(
         "METRICS_LISTEN_ADDR",

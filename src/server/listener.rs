@@ -1,4 +1,5 @@
-//! Binding listeners: TCP (dual-stack for `:port`) and UNIX sockets, failing loudly.
+//! Binding listeners: TCP (dual-stack for `:port`) and UNIX sockets, failing loudly;
+//! or taking those systemd passed (socket activation).
 
 use std::fmt;
 use std::io;
@@ -6,6 +7,9 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use std::sync::{Mutex, OnceLock};
+
+use listenfd::ListenFd;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, UnixListener};
 
@@ -34,6 +38,17 @@ pub enum BindError {
         /// What is there.
         why: &'static str,
     },
+    /// `systemd:NAME`, but systemd passed no listening socket of that name.
+    #[error(
+        "systemd:{name}: no listening socket named {name:?} was passed (LISTEN_FDNAMES: \
+         {passed:?}); set FileDescriptorName={name} in the .socket unit and Sockets= in the service"
+    )]
+    NotPassed {
+        /// The name asked for.
+        name: String,
+        /// The names systemd passed.
+        passed: String,
+    },
 }
 
 /// One bound listening socket.
@@ -43,6 +58,9 @@ pub enum BoundListener {
     Tcp(TcpListener),
     /// A UNIX stream listener and its path (removed at shutdown).
     Unix(UnixListener, PathBuf),
+    /// A UNIX stream listener systemd passed (socket activation): systemd owns the
+    /// socket file, which therefore stays at shutdown.
+    InheritedUnix(UnixListener),
 }
 
 /// The address a listener is bound to.
@@ -71,6 +89,12 @@ impl BoundListener {
                 .local_addr()
                 .map_or_else(|_| LocalAddr::Unix(PathBuf::new()), LocalAddr::Tcp),
             Self::Unix(_, p) => LocalAddr::Unix(p.clone()),
+            Self::InheritedUnix(l) => LocalAddr::Unix(
+                l.local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(Path::to_owned))
+                    .unwrap_or_default(),
+            ),
         }
     }
 }
@@ -122,7 +146,57 @@ pub async fn bind(addr: &ListenAddr, mode: u32) -> Result<Vec<BoundListener>, Bi
             let listener = bind_unix(path, mode).await?;
             Ok(vec![BoundListener::Unix(listener, path.clone())])
         }
+        ListenAddr::Systemd(name) => take_inherited(name),
     }
+}
+
+/// The listening sockets systemd passed (`LISTEN_FDS`, `LISTEN_FDNAMES`), read
+/// once; each is taken by the first listener that names it.
+fn inherited() -> &'static Mutex<(ListenFd, Vec<String>)> {
+    static INHERITED: OnceLock<Mutex<(ListenFd, Vec<String>)>> = OnceLock::new();
+    INHERITED.get_or_init(|| {
+        let names = std::env::var("LISTEN_FDNAMES")
+            .unwrap_or_default()
+            .split(':')
+            .map(str::to_owned)
+            .collect();
+        Mutex::new((ListenFd::from_env(), names))
+    })
+}
+
+/// Every passed socket named `name`, TCP or UNIX.
+fn take_inherited(name: &str) -> Result<Vec<BoundListener>, BindError> {
+    let io_err = |source| BindError::Io {
+        addr: format!("systemd:{name}"),
+        source,
+    };
+    let mut guard = inherited().lock().unwrap_or_else(|p| p.into_inner());
+    let (fds, names) = &mut *guard;
+    let mut taken = Vec::new();
+    for index in 0..fds.len() {
+        if names.get(index).map(String::as_str) != Some(name) {
+            continue;
+        }
+        // An error means "not a TCP listener" and leaves the descriptor in place.
+        if let Ok(Some(listener)) = fds.take_tcp_listener(index) {
+            listener.set_nonblocking(true).map_err(io_err)?;
+            taken.push(BoundListener::Tcp(
+                TcpListener::from_std(listener).map_err(io_err)?,
+            ));
+        } else if let Some(listener) = fds.take_unix_listener(index).map_err(io_err)? {
+            listener.set_nonblocking(true).map_err(io_err)?;
+            taken.push(BoundListener::InheritedUnix(
+                UnixListener::from_std(listener).map_err(io_err)?,
+            ));
+        }
+    }
+    if taken.is_empty() {
+        return Err(BindError::NotPassed {
+            name: name.to_owned(),
+            passed: names.join(":"),
+        });
+    }
+    Ok(taken)
 }
 
 fn is_no_ipv6(e: &io::Error) -> bool {

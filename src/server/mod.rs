@@ -184,6 +184,8 @@ async fn accept(listener: &BoundListener) -> std::io::Result<Accepted> {
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
             Ok(Accepted::Tcp(stream))
         }
-        BoundListener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+        BoundListener::Unix(l, _) | BoundListener::InheritedUnix(l) => {
+            Ok(Accepted::Unix(l.accept().await?.0))
+        }
     }
 }
