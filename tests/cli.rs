@@ -4,7 +4,7 @@ mod common;
 
 use std::process::Command;
 
-use common::{Adapter, Client, demo_fixture};
+use common::{Adapter, Client, demo_fixture, free_loopback_addr};
 
 fn adapter() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_userli-postfix-adapter"));
@@ -73,10 +73,7 @@ fn query_prints_the_reply_with_an_exit_code_per_status() {
         assert_eq!(String::from_utf8(out.stdout).unwrap().trim_end(), reply);
         assert_eq!(out.status.code(), Some(code), "{map} {key}");
     }
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = free_loopback_addr();
     let out = adapter()
         .env("USERLI_TOKEN", "t")
         .env("USERLI_BASE_URL", format!("http://{dead}"))
@@ -240,12 +237,7 @@ async fn connect_when_listening(addr: &str) -> tokio::net::TcpStream {
 async fn socket_activation_serves_the_sockets_systemd_passes_and_leaves_them_in_place() {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt};
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let tcp = format!("127.0.0.1:{port}");
+    let tcp = free_loopback_addr().to_string();
     let sasl = dir.path().join("auth");
     let mut child = socket_activated(
         &[tcp.clone(), sasl.display().to_string()],
@@ -278,12 +270,7 @@ async fn socket_activation_serves_the_sockets_systemd_passes_and_leaves_them_in_
     assert!(sasl.exists(), "the socket file belongs to systemd");
 
     // A name systemd did not pass is a start-up error naming it and what was passed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let tcp = format!("127.0.0.1:{port}");
+    let tcp = free_loopback_addr().to_string();
     let mut child = socket_activated(
         std::slice::from_ref(&tcp),
         "socketmap",

@@ -28,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{Adapter, http_get};
+use common::{Adapter, free_loopback_addr, http_get, metric};
 use redis_server::RedisServer;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -345,23 +345,6 @@ fn wait_for_log(adapter: &Adapter, text: &str) -> serde_json::Value {
     tokio::task::block_in_place(|| adapter.wait_for_log(text))
 }
 
-async fn scrape(adapter: &Adapter) -> String {
-    let (status, body) = http_get(adapter.metrics.parse().unwrap(), "/metrics").await;
-    assert_eq!(status, 200);
-    body
-}
-
-/// The sum of every series of metric `name` whose labels contain `labels`.
-fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(labels))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .fold(0.0, |a, b| a + b)
-}
-
 const M: &str = "userli_postfix_adapter_";
 
 /// Replaces `path` with `text` atomically, as an operator's deploy tool should.
@@ -441,7 +424,7 @@ async fn sigterm_under_load_answers_every_request_it_read_and_exits_0() {
 
     // Still draining (the holder): the metrics listener is up, /ready says so.
     let (ready, body) = http_get(adapter.metrics.parse().unwrap(), "/ready").await;
-    let metrics = scrape(&adapter).await;
+    let metrics = adapter.scrape().await;
     let server_map = metric(&metrics, &format!("{M}requests_total"), "");
     let server_policy = metric(&metrics, &format!("{M}policy_requests_total"), "");
 
@@ -582,7 +565,7 @@ async fn sighup_under_load_reloads_without_errors_and_a_broken_file_keeps_the_ol
     );
     load.wait_for_replies(100).await;
 
-    let metrics = scrape(&adapter).await;
+    let metrics = adapter.scrape().await;
     let ok = metric(&metrics, &format!("{M}backend_reloads_total"), "success");
     let failed = metric(&metrics, &format!("{M}backend_reloads_total"), "error");
     let (t, conns) = load.finish(true).await;
@@ -638,10 +621,7 @@ async fn faulty_userli(fault: Fault) -> (Option<wiremock::MockServer>, String) {
     use wiremock::matchers::{any, method, path};
     use wiremock::{Mock, MockServer, ResponseTemplate};
     if fault == Fault::Down {
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let closed = free_loopback_addr();
         return (None, format!("http://{closed}"));
     }
     let api = MockServer::start().await;
@@ -992,7 +972,7 @@ async fn unwritable_state_file_keeps_enforcing_in_memory_and_logs_the_error() {
     answers.push(policy.ask("limited@example.org").await);
     let mut map = Conn::connect(adapter.socketmap.parse().unwrap(), Proto::Socketmap).await;
     let lookup = map.ask("mailbox limited@example.org").await;
-    let metrics = scrape(&adapter).await;
+    let metrics = adapter.scrape().await;
     let checked = metric(&metrics, &format!("{M}quota_checks_total"), "checked");
     let store_errors = metric(
         &metrics,
@@ -1195,7 +1175,7 @@ async fn redis_killed_under_load_fails_open_within_the_lookup_timeout_and_enforc
     let probe_time = started.elapsed();
     let down_for = killed.elapsed();
     let replies_down = load.replies.load(Ordering::Relaxed) - replies_before;
-    let metrics = scrape(&adapter).await;
+    let metrics = adapter.scrape().await;
     let store_errors = metric(&metrics, &format!("{M}ratelimit_backend_errors_total"), "");
 
     redis.spawn();

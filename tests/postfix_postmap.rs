@@ -9,7 +9,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{Adapter, demo_fixture};
+use common::{Adapter, demo_fixture, free_loopback_addr};
 
 fn postmap(key: &str, addr: &str, map: &str) -> Output {
     Command::new("postmap")
@@ -79,10 +79,7 @@ fn postmap_not_found_is_clean() {
 #[test]
 #[ignore = "needs postfix (postmap)"]
 fn postmap_sees_a_temporary_error_when_the_backend_is_down() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = free_loopback_addr();
     let adapter = Adapter::spawn(&[
         ("USERLI_TOKEN", "t"),
         ("USERLI_BASE_URL", &format!("http://{dead}")),

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Client, http_get};
+use common::{Client, free_loopback_addr, http_get};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -181,10 +181,7 @@ async fn a_slow_api_answers_temp_at_the_deadline() {
 #[tokio::test]
 async fn a_dead_api_answers_temp_and_ready_turns_503() {
     // A port that was just free: nothing listens there.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = free_loopback_addr();
     let server = start_userli(&format!("http://{dead}"), &[]).await;
     let mut c = Client::tcp(server.tcp()).await;
     for (request, want) in [

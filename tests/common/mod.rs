@@ -188,6 +188,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 }
 
+/// A loopback address nothing listens on right now: bound to port 0 and released.
+pub fn free_loopback_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a loopback port")
+}
+
+impl Adapter {
+    /// The adapter's `/metrics` text.
+    pub async fn scrape(&self) -> String {
+        let (status, body) = http_get(self.metrics.parse().unwrap(), "/metrics").await;
+        assert_eq!(status, 200);
+        body
+    }
+}
+
+/// The sum of every series of metric `name` whose labels contain `labels`.
+pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(labels))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// GET on the metrics listener: (status, body).
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
