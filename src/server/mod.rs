@@ -6,6 +6,9 @@
 //! servers behave alike.
 
 mod listener;
+mod read_deadlines;
+use read_deadlines::ReadDeadlines;
+pub use read_deadlines::SHUTDOWN_DRAIN;
 pub mod policy;
 pub mod sasl;
 pub mod socketmap;
@@ -24,11 +27,6 @@ use tokio_util::task::TaskTracker;
 use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use prometheus::{IntCounter, IntGauge};
-
-/// After shutdown starts, how long an idle connection is still read from, once: a
-/// request already on its way when the signal came (in the socket buffer, or not yet
-/// reported by the reactor) is answered instead of met with a closed connection.
-pub const SHUTDOWN_DRAIN: Duration = Duration::from_millis(100);
 
 /// Serves one connection of a protocol.
 pub trait ConnectionHandler: Send + Sync + 'static {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::policy::PolicyService;
 use crate::protocol::policy::PolicyDecoder;
 
-use super::{ConnectionHandler, SHUTDOWN_DRAIN};
+use super::{ConnectionHandler, ReadDeadlines};
 
 /// Limits of one policy connection.
 #[derive(Debug, Clone, Copy)]
@@ -47,16 +47,12 @@ impl ConnectionHandler for PolicyHandler {
     {
         let mut decoder = PolicyDecoder::default();
         let mut buf = BytesMut::with_capacity(4096);
-        // When the request being received must be complete: a deadline from its first
-        // byte, so a client trickling bytes cannot hold the connection.
-        let mut request_deadline: Option<tokio::time::Instant> = None;
-        // Whether the one read after shutdown has been made.
-        let mut drained = false;
+        let mut deadlines = ReadDeadlines::new(self.limits.io_timeout);
         loop {
             loop {
                 match decoder.decode(&mut buf) {
                     Ok(Some(request)) => {
-                        request_deadline = None;
+                        deadlines.request_complete();
                         let decision = self.service.decide(&request).await;
                         let reply = decision.action.render();
                         let written =
@@ -78,19 +74,18 @@ impl ConnectionHandler for PolicyHandler {
             let mid_request = decoder.in_request(&buf);
             if !mid_request {
                 // Stray empty lines between requests start nothing.
-                request_deadline = None;
-                if shutdown.is_cancelled() && drained {
+                deadlines.request_complete();
+                if shutdown.is_cancelled() && deadlines.drained() {
                     return;
                 }
             }
             let mut read = std::pin::pin!(stream.read_buf(&mut buf));
             let result = if mid_request {
-                let deadline = *request_deadline
-                    .get_or_insert_with(|| tokio::time::Instant::now() + self.limits.io_timeout);
-                tokio::time::timeout_at(deadline, read).await.ok()
+                tokio::time::timeout_at(deadlines.request_deadline(), read)
+                    .await
+                    .ok()
             } else if shutdown.is_cancelled() {
-                drained = true;
-                tokio::time::timeout(SHUTDOWN_DRAIN, read).await.ok()
+                deadlines.drain(read).await
             } else {
                 let idle_limit = async {
                     match self.limits.idle_timeout {
@@ -99,10 +94,7 @@ impl ConnectionHandler for PolicyHandler {
                     }
                 };
                 tokio::select! {
-                    () = shutdown.cancelled() => {
-                        drained = true;
-                        tokio::time::timeout(SHUTDOWN_DRAIN, &mut read).await.ok()
-                    }
+                    () = shutdown.cancelled() => deadlines.drain(&mut read).await,
                     r = &mut read => Some(r),
                     () = idle_limit => None,
                 }

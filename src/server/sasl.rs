@@ -19,7 +19,7 @@ use crate::protocol::dovecot::{
 };
 use crate::sasl::{AuthResult, SaslService};
 
-use super::{ConnectionHandler, SHUTDOWN_DRAIN};
+use super::{ConnectionHandler, ReadDeadlines};
 
 /// How long Postfix may take to relay the SMTP client's next `CONT` answer
 /// (`smtpd_timeout`, 300 s, plus a margin).
@@ -63,13 +63,8 @@ enum End {
 struct Lines<'a, S> {
     stream: &'a mut S,
     buf: BytesMut,
-    /// How long a line may take from its first byte to its newline.
-    line_timeout: Duration,
-    /// When the line being received must be complete: a per-read timeout would let a
-    /// client trickling one byte at a time hold the connection forever.
-    line_deadline: Option<tokio::time::Instant>,
-    /// Whether the one read after shutdown has been made.
-    drained: bool,
+    /// Each line must be complete within the I/O timeout of its first byte.
+    deadlines: ReadDeadlines,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
@@ -87,7 +82,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
                 }
                 let line = self.buf.split_to(end);
                 self.buf.advance(1);
-                self.line_deadline = None;
+                self.deadlines.request_complete();
                 let line = line.strip_suffix(b"\r").unwrap_or(&line);
                 return Ok(String::from_utf8_lossy(line).into_owned());
             }
@@ -97,30 +92,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
             self.buf.reserve(1024);
             let idle = self.buf.is_empty();
             if idle {
-                self.line_deadline = None;
-                if self.drained && shutdown.is_some_and(CancellationToken::is_cancelled) {
+                self.deadlines.request_complete();
+                if self.deadlines.drained() && shutdown.is_some_and(CancellationToken::is_cancelled)
+                {
                     return Err(End::Shutdown);
                 }
             }
             let mut read = std::pin::pin!(self.stream.read_buf(&mut self.buf));
             let n = match (limit, shutdown) {
-                _ if !idle => {
-                    let line_timeout = self.line_timeout;
-                    let deadline = *self
-                        .line_deadline
-                        .get_or_insert_with(|| tokio::time::Instant::now() + line_timeout);
-                    tokio::time::timeout_at(deadline, read)
-                        .await
-                        .map_err(|_| End::Closed)?
-                }
+                _ if !idle => tokio::time::timeout_at(self.deadlines.request_deadline(), read)
+                    .await
+                    .map_err(|_| End::Closed)?,
                 (_, Some(token)) => tokio::select! {
-                    () = token.cancelled() => {
-                        self.drained = true;
-                        match tokio::time::timeout(SHUTDOWN_DRAIN, &mut read).await {
-                            Ok(r) => r,
-                            Err(_) => return Err(End::Shutdown),
-                        }
-                    }
+                    () = token.cancelled() => match self.deadlines.drain(&mut read).await {
+                        Some(r) => r,
+                        None => return Err(End::Shutdown),
+                    },
                     r = &mut read => r,
                 },
                 (Some(d), _) => tokio::time::timeout(d, read)
@@ -175,9 +162,7 @@ impl SaslHandler {
         let mut lines = Lines {
             stream,
             buf: BytesMut::with_capacity(1024),
-            line_timeout: self.io_timeout,
-            line_deadline: None,
-            drained: false,
+            deadlines: ReadDeadlines::new(self.io_timeout),
         };
         let (mut version, mut cpid) = (false, false);
         while !(version && cpid) {

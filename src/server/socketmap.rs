@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::lookup::LookupService;
 use crate::protocol::netstring::{self, NetstringDecoder, NetstringError};
 
-use super::{ConnectionHandler, SHUTDOWN_DRAIN};
+use super::{ConnectionHandler, ReadDeadlines};
 
 /// Limits of one socketmap connection.
 #[derive(Debug, Clone, Copy)]
@@ -103,16 +103,12 @@ impl SocketmapHandler {
             .idle_timeout
             .map(|d| Box::pin(tokio::time::sleep(d)));
         let mut last_activity = tokio::time::Instant::now();
-        // When the request being received must be complete. Per-read timeouts would
-        // let a client trickling one byte at a time hold the connection forever.
-        let mut request_deadline: Option<tokio::time::Instant> = None;
-        // Whether the one read after shutdown has been made.
-        let mut drained = false;
+        let mut deadlines = ReadDeadlines::new(self.limits.io_timeout);
         loop {
             // Answer every complete request already received, even during shutdown:
             // Postfix has sent it and is waiting.
             while let Some(frame) = self.decoder.decode(&mut buf).map_err(Closed::Framing)? {
-                request_deadline = None;
+                deadlines.request_complete();
                 let started = Instant::now();
                 let answer = self.service.answer(&frame).await;
                 out.clear();
@@ -122,17 +118,16 @@ impl SocketmapHandler {
             }
 
             let idle = buf.is_empty();
-            if idle && shutdown.is_cancelled() && drained {
+            if idle && shutdown.is_cancelled() && deadlines.drained() {
                 return Ok(());
             }
             if buf.capacity() - buf.len() < 512 {
                 buf.reserve(1024);
             }
             let n = if idle && shutdown.is_cancelled() {
-                drained = true;
-                match tokio::time::timeout(SHUTDOWN_DRAIN, stream.read_buf(&mut buf)).await {
-                    Ok(r) => r.map_err(Closed::Io)?,
-                    Err(_) => return Ok(()),
+                match deadlines.drain(stream.read_buf(&mut buf)).await {
+                    Some(r) => r.map_err(Closed::Io)?,
+                    None => return Ok(()),
                 }
             } else if idle {
                 let mut read = std::pin::pin!(stream.read_buf(&mut buf));
@@ -145,10 +140,9 @@ impl SocketmapHandler {
                     };
                     tokio::select! {
                         () = shutdown.cancelled() => {
-                            drained = true;
-                            match tokio::time::timeout(SHUTDOWN_DRAIN, &mut read).await {
-                                Ok(r) => break r.map_err(Closed::Io)?,
-                                Err(_) => return Ok(()),
+                            match deadlines.drain(&mut read).await {
+                                Some(r) => break r.map_err(Closed::Io)?,
+                                None => return Ok(()),
                             }
                         }
                         r = &mut read => break r.map_err(Closed::Io)?,
@@ -166,9 +160,7 @@ impl SocketmapHandler {
                     }
                 }
             } else {
-                let deadline = *request_deadline
-                    .get_or_insert_with(|| tokio::time::Instant::now() + self.limits.io_timeout);
-                tokio::time::timeout_at(deadline, stream.read_buf(&mut buf))
+                tokio::time::timeout_at(deadlines.request_deadline(), stream.read_buf(&mut buf))
                     .await
                     .map_err(|_| Closed::ReadTimeout)?
                     .map_err(Closed::Io)?
