@@ -349,7 +349,6 @@ where
         inflight.calls.insert(key.clone(), receiver.clone());
         let generation = inflight.generation;
         drop(inflight);
-        let own = receiver.clone();
 
         let call = fetch();
         let cache = Arc::clone(self);
@@ -372,13 +371,8 @@ where
                             },
                         );
                     }
-                    if inflight
-                        .calls
-                        .get(&key)
-                        .is_some_and(|r| r.same_channel(&own))
-                    {
-                        inflight.calls.remove(&key);
-                    }
+                    // Within one generation the entry for `key` is this call's.
+                    inflight.calls.remove(&key);
                 }
             }
             let _ = sender.send(Some(result.map_err(Arc::new)));
