@@ -74,12 +74,17 @@ pub(crate) fn socketmap_request(data: &[u8]) {
         assert!(!request.key.last().is_some_and(u8::is_ascii_whitespace));
         for delimiters in ["", "+", "+-"] {
             let normalizer = Normalizer::new(delimiters);
-            if let Ok(address) = normalizer.address(request.key) {
+            if let Ok(key) = normalizer.address(request.key) {
+                let address = key.full();
                 let again = normalizer
                     .address(address.as_str().as_bytes())
                     .expect("a normalised address normalises again");
-                assert_eq!(again, address, "normalisation is not idempotent");
+                assert_eq!(&again, &key, "normalisation is not idempotent");
                 assert!(!address.local_part().is_empty() && !address.domain().is_empty());
+                if let Some(stripped) = key.without_extension() {
+                    assert!(stripped.as_str().len() < address.as_str().len());
+                    assert_eq!(stripped.domain(), address.domain());
+                }
             }
             if let Some(domain) = normalizer.domain(request.key) {
                 assert_eq!(normalizer.domain(domain.as_bytes()), Some(domain));

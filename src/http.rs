@@ -14,8 +14,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use postfix_adapter_backend::{BackendError, LookupBackend};
 
+use crate::access::AllowedClients;
+use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use crate::resilience::{BreakerState, CircuitBreaker};
+use prometheus::IntCounter;
 
 /// How long `/ready` waits for the backend's health check (upstream: 2 s).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -49,6 +52,63 @@ pub struct HttpState {
     pub readiness: Arc<Readiness>,
     /// The backend circuit breaker; open means not ready.
     pub breaker: Option<Arc<CircuitBreaker>>,
+}
+
+/// A TCP listener for the metrics server that closes connections from outside
+/// `ALLOWED_CLIENTS` before HTTP sees them, as the protocol listeners do.
+pub struct AdmittedTcp {
+    inner: tokio::net::TcpListener,
+    allowed: Arc<AllowedClients>,
+    denied: IntCounter,
+    log: LogThrottle,
+}
+
+impl AdmittedTcp {
+    /// Wraps `inner`, counting refused connections on `denied`.
+    pub fn new(
+        inner: tokio::net::TcpListener,
+        allowed: Arc<AllowedClients>,
+        denied: IntCounter,
+    ) -> Self {
+        Self {
+            inner,
+            allowed,
+            denied,
+            log: LogThrottle::new(Duration::from_secs(10)),
+        }
+    }
+}
+
+impl axum::serve::Listener for AdmittedTcp {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, peer)) if self.allowed.allows(peer.ip()) => return (stream, peer),
+                Ok((stream, peer)) => {
+                    self.denied.inc();
+                    if let Some(suppressed) = self.log.allow() {
+                        tracing::warn!(
+                            service = "metrics",
+                            peer = %peer.ip(),
+                            allowed = %self.allowed,
+                            similar_warnings_suppressed = suppressed,
+                            "connection from outside ALLOWED_CLIENTS closed"
+                        );
+                    }
+                    drop(stream);
+                }
+                // EMFILE and friends: back off instead of spinning (as axum does).
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
 }
 
 /// The router; testable without sockets.

@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod access;
 pub mod backend;
 pub mod cache;
 pub mod config;
@@ -52,7 +53,7 @@ use crate::normalize::Normalizer;
 use crate::policy::store::{EmbeddedStore, QuotaStore};
 use crate::policy::{CountMode, PolicyMetrics, PolicyService, PolicySettings};
 use crate::resilience::{CircuitBreaker, GuardedBackend};
-use crate::sasl::{SaslMetrics, SaslService, ThrottleSettings};
+use crate::sasl::{SaslMetrics, SaslService, SaslSettings, ThrottleSettings};
 use crate::server::policy::{PolicyHandler, PolicyLimits};
 use crate::server::sasl::SaslHandler;
 use crate::server::socketmap::{ConnectionLimits, SocketmapHandler};
@@ -144,6 +145,9 @@ impl Server {
                 }
             },
         };
+        // Password checks go to the bare backend through their own breaker and
+        // slots (see `sasl`): a login flood must never starve lookups.
+        let auth_backend = backend.clone();
         let (backend, breaker) = protect(backend, &config, &metrics);
         // The cache keeps the deadline itself, so it can answer stale in time.
         let policy = if policy_listeners.is_empty() {
@@ -161,7 +165,6 @@ impl Server {
             let service = PolicyService::new(
                 backend.clone(),
                 store,
-                Normalizer::new(&config.recipient_delimiter),
                 PolicySettings {
                     message: config.rate_limit_message.clone(),
                     defer_over_quota: config.policy_defer_over_quota,
@@ -186,14 +189,19 @@ impl Server {
             None
         } else {
             let service = SaslService::new(
-                backend.clone(),
-                Normalizer::new(&config.recipient_delimiter),
-                config.lookup_timeout,
-                ThrottleSettings {
-                    base_delay: config.sasl_failure_delay,
-                    max_delay: config.sasl_max_failure_delay,
-                    lockout_failures: config.sasl_lockout_failures,
-                    window: config.sasl_failure_window,
+                auth_backend,
+                SaslSettings {
+                    timeout: config.lookup_timeout,
+                    throttle: ThrottleSettings {
+                        base_delay: config.sasl_failure_delay,
+                        max_delay: config.sasl_max_failure_delay,
+                        lockout_failures: config.sasl_lockout_failures,
+                        window: config.sasl_failure_window,
+                    },
+                    max_checks: config.sasl_max_checks,
+                    max_checks_per_client: config.sasl_max_checks_per_client,
+                    breaker_failures: config.breaker_failures,
+                    breaker_cooldown: config.breaker_cooldown,
                 },
                 SaslMetrics::register(&metrics).map_err(ServerError::Metrics)?,
             );
@@ -291,12 +299,15 @@ impl Server {
                 io_timeout: config.io_timeout,
             },
         ));
+        let allowed = Arc::new(config.allowed_clients.clone());
         let ctx = AcceptContext {
             slots: Arc::new(Semaphore::new(config.max_connections)),
             metrics: ConnectionMetrics::socketmap(&metrics),
             shutdown: token.clone(),
             tracker: tracker.clone(),
             service: "socketmap",
+            allowed: allowed.clone(),
+            denied: metrics.connections_denied.with_label_values(&["socketmap"]),
         };
         let mut accept_loops = Vec::new();
         spawn_accept_loops("socketmap", socketmap, &handler, &ctx, &mut accept_loops);
@@ -310,17 +321,19 @@ impl Server {
                     io_timeout: config.io_timeout,
                 },
             ));
-            let metrics = policy_service.metrics();
+            let policy_metrics = policy_service.metrics();
             let ctx = AcceptContext {
                 slots: Arc::new(Semaphore::new(config.max_connections)),
                 metrics: ConnectionMetrics {
-                    active: metrics.active_connections.clone(),
+                    active: policy_metrics.active_connections.clone(),
                     pool_usage: None,
-                    pool_full: metrics.pool_full.clone(),
+                    pool_full: policy_metrics.pool_full.clone(),
                 },
                 shutdown: token.clone(),
                 tracker: tracker.clone(),
                 service: "policy",
+                allowed: allowed.clone(),
+                denied: metrics.connections_denied.with_label_values(&["policy"]),
             };
             tracing::info!(
                 store = policy_service.store().name(),
@@ -356,17 +369,19 @@ impl Server {
 
         if let Some((sasl_service, listeners)) = sasl {
             let handler = Arc::new(SaslHandler::new(sasl_service.clone(), config.io_timeout));
-            let metrics = sasl_service.metrics();
+            let sasl_metrics = sasl_service.metrics();
             let ctx = AcceptContext {
                 slots: Arc::new(Semaphore::new(config.max_connections)),
                 metrics: ConnectionMetrics {
-                    active: metrics.active_connections.clone(),
+                    active: sasl_metrics.active_connections.clone(),
                     pool_usage: None,
-                    pool_full: metrics.pool_full.clone(),
+                    pool_full: sasl_metrics.pool_full.clone(),
                 },
                 shutdown: token.clone(),
                 tracker: tracker.clone(),
                 service: "sasl",
+                allowed: allowed.clone(),
+                denied: metrics.connections_denied.with_label_values(&["sasl"]),
             };
             spawn_accept_loops("SASL", listeners, &handler, &ctx, &mut accept_loops);
         }
@@ -383,9 +398,12 @@ impl Server {
             tracing::info!(addr = %listener.local_addr(), "metrics server listening");
             let app = http::router(http_state.clone());
             let stop = http_stop.clone();
+            let allowed = allowed.clone();
+            let denied = metrics.connections_denied.with_label_values(&["metrics"]);
             http_tasks.push(tokio::spawn(async move {
                 let result = match listener {
                     BoundListener::Tcp(l) => {
+                        let l = http::AdmittedTcp::new(l, allowed, denied);
                         axum::serve(l, app)
                             .with_graceful_shutdown(stop.cancelled_owned())
                             .await

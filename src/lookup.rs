@@ -8,12 +8,12 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postfix_adapter_backend::{BackendError, LookupBackend};
+use postfix_adapter_backend::{Address, BackendError, LookupBackend};
 use prometheus::{Histogram, IntCounter};
 
 use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
-use crate::normalize::Normalizer;
+use crate::normalize::{AddressKey, Normalizer};
 use crate::protocol::socketmap::{self, Reply};
 
 /// The maps the adapter serves, as Postfix names them in `socketmap:...:NAME`.
@@ -212,26 +212,14 @@ impl LookupService {
                     .map(flag_reply),
             },
             MapName::Alias | MapName::Mailbox | MapName::Senders => {
-                let address = match self.normalizer.address(key) {
-                    Ok(a) => a,
+                match self.normalizer.address(key) {
+                    Ok(address) => self.address_lookup(map, &address).await,
                     Err(why) => {
-                        tracing::debug!(map = map.as_str(), key = %String::from_utf8_lossy(key), %why, "key cannot be an address, answering NOTFOUND");
+                        // Debug formatting escapes line breaks: a key must never
+                        // forge a log line.
+                        tracing::debug!(map = map.as_str(), key = ?String::from_utf8_lossy(key), %why, "key cannot be an address, answering NOTFOUND");
                         return Reply::NotFound;
                     }
-                };
-                match map {
-                    MapName::Alias => self
-                        .deadline(self.backend.aliases(&address))
-                        .await
-                        .map(list_reply),
-                    MapName::Senders => self
-                        .deadline(self.backend.senders(&address))
-                        .await
-                        .map(list_reply),
-                    _ => self
-                        .deadline(self.backend.mailbox_exists(&address))
-                        .await
-                        .map(flag_reply),
                 }
             }
         };
@@ -243,16 +231,89 @@ impl LookupService {
                     .with_label_values(&[map.as_str(), err.kind()])
                     .inc();
                 if let Some(suppressed) = self.error_log.allow() {
-                    tracing::warn!(
-                        map = map.as_str(),
-                        backend = self.backend.name(),
-                        error = %err,
-                        similar_errors_suppressed = suppressed,
-                        "backend lookup failed, answering TEMP"
-                    );
+                    if matches!(err, BackendError::InvalidResponse(_)) {
+                        tracing::error!(
+                            map = map.as_str(),
+                            backend = self.backend.name(),
+                            error = %err,
+                            similar_errors_suppressed = suppressed,
+                            "backend answer is not usable, answering TEMP"
+                        );
+                    } else {
+                        tracing::warn!(
+                            map = map.as_str(),
+                            backend = self.backend.name(),
+                            error = %err,
+                            similar_errors_suppressed = suppressed,
+                            "backend lookup failed, answering TEMP"
+                        );
+                    }
                 }
                 Reply::Temp(map.temp_reason().into())
             }
+        }
+    }
+
+    /// Postfix's order for its own tables (`mail_addr_find.c`): the address as
+    /// given first; the address without its extension only when the first is
+    /// definitely not found. A backend error at any step is the answer (`TEMP`),
+    /// never a reason to try the other form.
+    ///
+    /// One more rule keeps mail with the right person: an address that is a
+    /// mailbox of its own is never read as an extension of another address. With
+    /// `recipient_delimiter = -`, mail to the mailbox `first-last@` must not follow
+    /// the alias `first@`, and `first@`'s owners must not send as `first-last@`.
+    async fn address_lookup(&self, map: MapName, key: &AddressKey) -> Result<Reply, BackendError> {
+        let Some(stripped) = key.without_extension() else {
+            return self.ask(map, key.full()).await;
+        };
+        let own_mailbox = match map {
+            MapName::Mailbox => {
+                let reply = self.ask(map, key.full()).await?;
+                if reply != Reply::NotFound {
+                    return Ok(reply);
+                }
+                false
+            }
+            _ => {
+                // Both answers are needed whenever the address is no alias (the
+                // common case), so they are asked at once: one deadline, not two.
+                let (reply, mailbox) = tokio::join!(
+                    self.ask(map, key.full()),
+                    self.deadline(self.backend.mailbox_exists(key.full()))
+                );
+                let reply = reply?;
+                if reply != Reply::NotFound {
+                    return Ok(reply);
+                }
+                mailbox?
+            }
+        };
+        if own_mailbox {
+            return Ok(Reply::NotFound);
+        }
+        self.ask(map, stripped).await
+    }
+
+    /// One backend question for one address form.
+    async fn ask(&self, map: MapName, address: &Address) -> Result<Reply, BackendError> {
+        match map {
+            MapName::Alias => {
+                let list = self.deadline(self.backend.aliases(address)).await?;
+                list_reply(map, list)
+            }
+            MapName::Senders => {
+                let list = self.deadline(self.backend.senders(address)).await?;
+                list_reply(map, list)
+            }
+            MapName::Mailbox => self
+                .deadline(self.backend.mailbox_exists(address))
+                .await
+                .map(flag_reply),
+            MapName::Domain => self
+                .deadline(self.backend.domain_exists(address.domain()))
+                .await
+                .map(flag_reply),
         }
     }
 
@@ -305,17 +366,36 @@ fn flag_reply(found: bool) -> Reply {
 
 /// Joins a list in backend order. Empty entries are dropped: a bare `OK` reads as
 /// "not found" in Postfix before 3.12, and an empty destination is never meant.
-fn list_reply(items: Vec<String>) -> Reply {
+///
+/// Postfix splits the reply at commas and white space, so an entry holding one
+/// would become several destinations the data never named (`x@evil.example,
+/// root@example.org`): such an answer is an error (`TEMP`), never mail sent
+/// somewhere the directory did not clearly say.
+fn list_reply(map: MapName, items: Vec<String>) -> Result<Reply, BackendError> {
     let mut joined = String::new();
     for item in items.iter().filter(|i| !i.is_empty()) {
+        if let Some(bad) = item
+            .chars()
+            .find(|&c| c == ',' || c.is_whitespace() || c.is_control())
+        {
+            return Err(BackendError::InvalidResponse(format!(
+                "the {} answer has an entry with {}, which Postfix would split into several",
+                map.as_str(),
+                match bad {
+                    ',' => "a comma",
+                    c if c.is_whitespace() => "white space",
+                    _ => "a control character",
+                }
+            )));
+        }
         if !joined.is_empty() {
             joined.push(',');
         }
         joined.push_str(item);
     }
-    if joined.is_empty() {
+    Ok(if joined.is_empty() {
         Reply::NotFound
     } else {
         Reply::Ok(joined)
-    }
+    })
 }

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub breaker_state: IntGauge,
     /// `userli_postfix_adapter_backend_in_flight` (new): backend calls in progress.
     pub backend_in_flight: IntGauge,
+    /// `userli_postfix_adapter_connections_denied_total{listener}` (new): TCP
+    /// connections closed because the peer is not in `ALLOWED_CLIENTS`.
+    pub connections_denied: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -140,8 +143,20 @@ impl Metrics {
                 "backend_in_flight",
                 "Backend calls in progress",
             ))?,
+            connections_denied: IntCounterVec::new(
+                opts(
+                    "connections_denied_total",
+                    "TCP connections closed at once because the peer is not in ALLOWED_CLIENTS",
+                ),
+                &["listener"],
+            )?,
             registry,
         };
+        for listener in ["socketmap", "policy", "sasl", "metrics"] {
+            m.connections_denied.with_label_values(&[listener]);
+        }
+        m.registry
+            .register(Box::new(m.connections_denied.clone()))?;
         m.registry.register(Box::new(m.lookup_cache.clone()))?;
         m.registry.register(Box::new(m.breaker_state.clone()))?;
         m.registry.register(Box::new(m.backend_in_flight.clone()))?;

@@ -66,6 +66,20 @@ async fn answers_like_upstream() {
         serde_json::json!(["user@example.org"]),
     )
     .await;
+    // userli answers every key: the address with its extension is no alias and no
+    // mailbox, so the adapter goes on to the address without it.
+    mock_json(
+        &api,
+        "/api/postfix/alias/alias+ext@example.org",
+        serde_json::json!([]),
+    )
+    .await;
+    mock_json(
+        &api,
+        "/api/postfix/mailbox/alias+ext@example.org",
+        serde_json::json!(false),
+    )
+    .await;
     let server = start_userli(&api.uri(), &[("POSTFIX_RECIPIENT_DELIMITER", "+")]).await;
     let mut c = Client::tcp(server.tcp()).await;
     for (request, want) in [

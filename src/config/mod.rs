@@ -21,6 +21,8 @@ use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 use url::Url;
 
+use crate::access::AllowedClients;
+
 use settings::SETTINGS;
 
 /// The longest lookup deadline we accept: Postfix gives up after 100 s, and a
@@ -209,6 +211,12 @@ pub struct Config {
     pub sasl_lockout_failures: u32,
     /// `SASL_FAILURE_WINDOW`.
     pub sasl_failure_window: Duration,
+    /// `SASL_MAX_CONCURRENT_CHECKS`.
+    pub sasl_max_checks: usize,
+    /// `SASL_MAX_CHECKS_PER_CLIENT`.
+    pub sasl_max_checks_per_client: usize,
+    /// `ALLOWED_CLIENTS`.
+    pub allowed_clients: AllowedClients,
     /// The effective value and origin of every setting, secrets redacted, for
     /// `check-config`.
     pub effective: Vec<(&'static str, String, String)>,
@@ -648,6 +656,13 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         ));
     }
 
+    let sasl_max_checks = number("SASL_MAX_CONCURRENT_CHECKS", 1, 100_000)?;
+    let sasl_max_checks_per_client = number("SASL_MAX_CHECKS_PER_CLIENT", 1, 100_000)?;
+
+    let (v, o) = raw.required("ALLOWED_CLIENTS");
+    let allowed_clients =
+        AllowedClients::parse(v).map_err(|e| ConfigError::setting("ALLOWED_CLIENTS", o, e))?;
+
     let (recipient_delimiter, _) = raw.required("POSTFIX_RECIPIENT_DELIMITER");
     if recipient_delimiter.contains('@') {
         return Err(ConfigError(
@@ -693,6 +708,9 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         sasl_max_failure_delay,
         sasl_lockout_failures,
         sasl_failure_window,
+        sasl_max_checks,
+        sasl_max_checks_per_client,
+        allowed_clients,
         effective,
     })
 }

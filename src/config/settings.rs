@@ -73,10 +73,16 @@ pub const SETTINGS: &[Setting] = &[
         "Listener for `/metrics`, `/health` and `/ready`; same syntax.",
     ),
     s(
+        "ALLOWED_CLIENTS",
+        Some(crate::access::DEFAULT_ALLOWED_CLIENTS),
+        false,
+        "Comma-separated networks (CIDR, or single addresses) whose TCP connections every listener accepts; others are closed at once, counted in `connections_denied_total{listener}` and logged (rate-limited). The default admits loopback and private networks only. `any` admits everyone (upstream's behaviour). IPv4-mapped IPv6 peers count as their IPv4 address. UNIX sockets are governed by `UNIX_SOCKET_MODE` instead.",
+    ),
+    s(
         "POSTFIX_RECIPIENT_DELIMITER",
         Some(""),
         true,
-        "Address extension delimiters, as Postfix's `recipient_delimiter`: *each character* is a delimiter and the local part is cut at the first one (`user+tag@x` → `user@x`). Empty disables stripping.",
+        "Address extension delimiters, as Postfix's `recipient_delimiter`: *each character* is a delimiter. As Postfix does for its own tables, the address as given is looked up first and the address without its extension (local part cut at the first delimiter, `user+tag@x` → `user@x`) only when the first is not found; an address that is a mailbox of its own is never read as an extension of another. SASL logins and quota identities are never stripped. Empty: addresses have no extensions.",
     ),
     s(
         "LOG_LEVEL",
@@ -227,13 +233,25 @@ pub const SETTINGS: &[Setting] = &[
         "SASL_LOCKOUT_FAILURES",
         Some("0"),
         false,
-        "Failures after which a client address or login is refused without asking the backend, until `SASL_FAILURE_WINDOW` passes without failures. `0`: no lock-out.",
+        "Failures after which a client address or login is refused without asking the backend, until `SASL_FAILURE_WINDOW` passes without failures. `0`: no lock-out. Trade-off: the per-login count lets anyone who knows a login lock its owner out (from anywhere, without any password), while the per-address count alone lets a botnet guess one password per address; lock-outs are counted by cause in `sasl_lockouts_total{scope=\"client\"|\"login\"}` so you can see which one bites.",
     ),
     s(
         "SASL_FAILURE_WINDOW",
         Some("15m"),
         false,
         "How long failure counts are remembered after the last failure.",
+    ),
+    s(
+        "SASL_MAX_CONCURRENT_CHECKS",
+        Some("32"),
+        false,
+        "Password checks in flight at most. Logins have their own slots and their own circuit breaker, apart from lookups', so a flood of wrong passwords never slows or fails lookups and never changes `/ready`. Beyond the cap a login is refused at once without asking the backend (the auth connection is dropped, Postfix answers 454 and the client retries).",
+    ),
+    s(
+        "SASL_MAX_CHECKS_PER_CLIENT",
+        Some("4"),
+        false,
+        "Password checks in flight at most for one SMTP client address (Postfix's `rip=`); beyond it, as above.",
     ),
     s(
         "SOCKETMAP_MAX_REQUEST_SIZE",

@@ -17,10 +17,29 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 
 use crate::log_throttle::LogThrottle;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
-use crate::normalize::Normalizer;
+use crate::normalize;
 use crate::protocol::policy::{Action, PolicyRequest};
 use crate::resilience::CircuitBreaker;
-use store::QuotaStore;
+use store::{QuotaStore, StoreError};
+
+/// The most one message may weigh with `POLICY_COUNT=recipients`. Postfix's
+/// `smtpd_recipient_limit` is 1000 by default; a client number beyond this is
+/// clamped, so no sum of weights can come near overflowing a counter.
+pub const MAX_RECIPIENT_WEIGHT: u64 = 100_000;
+
+/// The weight of a message from its `recipient_count` attribute: at least 1, at
+/// most [`MAX_RECIPIENT_WEIGHT`]; a number too long for any integer type weighs the
+/// most, anything that is no number weighs 1.
+pub fn recipient_weight(value: &str) -> u64 {
+    let digits = value.trim();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return 1;
+    }
+    digits
+        .parse::<u64>()
+        .unwrap_or(MAX_RECIPIENT_WEIGHT)
+        .clamp(1, MAX_RECIPIENT_WEIGHT)
+}
 
 /// What is counted against the quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +194,6 @@ pub struct Decision {
 pub struct PolicyService {
     backend: Arc<dyn LookupBackend>,
     store: Arc<dyn QuotaStore>,
-    normalizer: Normalizer,
     settings: PolicySettings,
     metrics: PolicyMetrics,
     warn_log: LogThrottle,
@@ -198,7 +216,6 @@ impl PolicyService {
     pub fn new(
         backend: Arc<dyn LookupBackend>,
         store: Arc<dyn QuotaStore>,
-        normalizer: Normalizer,
         settings: PolicySettings,
         metrics: PolicyMetrics,
     ) -> Self {
@@ -210,7 +227,6 @@ impl PolicyService {
         Self {
             backend,
             store,
-            normalizer,
             settings,
             metrics,
             warn_log: LogThrottle::new(Duration::from_secs(10)),
@@ -277,10 +293,15 @@ impl PolicyService {
         if identity.is_empty() {
             return dunno("check");
         }
-        // Normalised like lookup keys, so `User@x` and `user+1@x` share one bucket.
-        let Ok(login) = self.normalizer.address(identity.as_bytes()) else {
-            tracing::debug!(identity, "identity is no address, not rate limited");
-            return dunno("check");
+        // An account name in its one canonical spelling (never extension-stripped:
+        // `first-last@` is an account of its own), so re-spelling a login (case,
+        // IDN domain) cannot open a fresh bucket.
+        let login = match normalize::login(identity) {
+            Ok(login) => login,
+            Err(why) => {
+                tracing::debug!(identity = ?identity, %why, "identity is no account name, not rate limited");
+                return dunno("check");
+            }
         };
 
         let quota = tokio::time::timeout(self.settings.timeout, self.backend.smtp_quota(&login))
@@ -300,11 +321,7 @@ impl PolicyService {
 
         let weight = match self.settings.count {
             CountMode::Messages => 1,
-            CountMode::Recipients => request
-                .value("recipient_count")
-                .parse::<u64>()
-                .unwrap_or(1)
-                .max(1),
+            CountMode::Recipients => recipient_weight(request.value("recipient_count")),
         };
         let Some(permit) = self.store_breaker.try_call() else {
             return self.store_failure("store unavailable (circuit breaker open)");
@@ -320,8 +337,13 @@ impl PolicyService {
             .store_duration
             .with_label_values(&[self.store.name()])
             .observe(store_started.elapsed().as_secs_f64());
-        self.store_breaker
-            .record(permit, matches!(verdict, Ok(Ok(_))));
+        // A store that answered, even with a refusal of this one request's data,
+        // is alive: only failures to answer count against the breaker, so one
+        // client's odd request can never switch quotas off for everyone.
+        self.store_breaker.record(
+            permit,
+            matches!(verdict, Ok(Ok(_)) | Ok(Err(StoreError::Rejected(_)))),
+        );
         let verdict = match verdict {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => return self.store_failure(&e.to_string()),

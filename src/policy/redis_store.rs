@@ -25,8 +25,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use postfix_adapter_backend::{SmtpQuota, async_trait};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script};
+use redis::{AsyncConnectionConfig, Client, ErrorKind, RedisError, Script, ServerErrorKind};
 
+use super::MAX_RECIPIENT_WEIGHT;
 use super::store::{QuotaStore, StoreError, minute_of};
 use super::window::{DAY_MINUTES, HOUR_MINUTES, Verdict};
 
@@ -70,7 +71,15 @@ local key = KEYS[1]
 local now = tonumber(ARGV[1])
 local hour_minutes = tonumber(ARGV[4])
 local day_minutes = tonumber(ARGV[5])
-redis.call('HINCRBY', key, ARGV[1], ARGV[2])
+-- Saturate instead of overflowing (HINCRBY errors past 2^63, and the sums below
+-- are Lua doubles, exact only to 2^53): a bucket holds at most 10^12.
+local current = tonumber(redis.call('HGET', key, ARGV[1])) or 0
+local weight = tonumber(ARGV[2])
+if current + weight > 1e12 then
+  redis.call('HSET', key, ARGV[1], '1000000000000')
+else
+  redis.call('HINCRBY', key, ARGV[1], ARGV[2])
+end
 local fields = redis.call('HGETALL', key)
 local hour, day = 0, 0
 local stale = {}
@@ -290,7 +299,7 @@ impl QuotaStore for RedisStore {
         invocation
             .key(&key)
             .arg(minute_of(now))
-            .arg(weight)
+            .arg(weight.clamp(1, MAX_RECIPIENT_WEIGHT))
             .arg(ttl_ms)
             .arg(HOUR_MINUTES)
             .arg(DAY_MINUTES);
@@ -304,6 +313,14 @@ impl QuotaStore for RedisStore {
             Ok(Ok((hour, day))) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 Ok(Verdict::judge(limits, hour, day))
+            }
+            // Redis ran the command and said no: about this request, not the server.
+            Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                Err(StoreError::Rejected(format!(
+                    "redis refused the check: {}",
+                    self.scrub(e.to_string())
+                )))
             }
             Ok(Err(e)) => {
                 self.note_failure();

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// A remote store (Redis) failed.
     #[error("{0}")]
     Remote(String),
+    /// The store answered, but refused this one request (an error about its data,
+    /// not about the store): not a sign that the store is down.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 /// Minutes since the Unix epoch.

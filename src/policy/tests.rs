@@ -28,6 +28,10 @@ impl LookupBackend for Quotas {
                 per_day: 0,
             })),
             "free@x.org" => Ok(Some(SmtpQuota::default())),
+            "idn@xn--exmple-cua.org" => Ok(Some(SmtpQuota {
+                per_hour: 1,
+                per_day: 0,
+            })),
             "broken@x.org" => Err(BackendError::Timeout),
             _ => Ok(None),
         }
@@ -51,7 +55,6 @@ fn service(settings: PolicySettings) -> PolicyService {
     PolicyService::new(
         Arc::new(Quotas),
         Arc::new(EmbeddedStore::in_memory()),
-        Normalizer::new("+"),
         settings,
         PolicyMetrics::register(&Metrics::new().unwrap()).unwrap(),
     )
@@ -91,14 +94,68 @@ async fn third_message_in_the_hour_is_rejected() {
 }
 
 #[tokio::test]
-async fn identities_are_normalised_into_one_bucket() {
+async fn identities_are_canonical_account_names() {
     let s = service(settings());
     s.decide(&eom("Limited@X.org")).await;
-    s.decide(&eom("limited+tag@x.org")).await;
+    // Another account (`first-last@` is not `first@`): no quota of its own here,
+    // and not counted against `limited@`.
+    assert_eq!(
+        s.decide(&eom("limited+tag@x.org")).await.action,
+        Action::Dunno
+    );
+    assert_eq!(s.decide(&eom(" limited@x.org")).await.action, Action::Dunno);
     assert!(matches!(
         s.decide(&eom("limited@x.org")).await.action,
         Action::Reject(_)
     ));
+    // An IDN domain in either spelling is one bucket.
+    assert_eq!(
+        s.decide(&eom("IDN@Exämple.org")).await.action,
+        Action::Dunno
+    );
+    assert!(matches!(
+        s.decide(&eom("idn@xn--exmple-cua.org")).await.action,
+        Action::Reject(_)
+    ));
+    // A look-alike with an invisible character is no account at all.
+    let d = s.decide(&eom("limited@x\u{ad}.org")).await;
+    assert_eq!((d.action, d.label), (Action::Dunno, "dunno"));
+}
+
+#[tokio::test]
+async fn recipient_counts_are_clamped_and_never_wrap() {
+    let s = service(PolicySettings {
+        count: CountMode::Recipients,
+        ..settings()
+    });
+    let big = |n: &str| {
+        request(&[
+            ("protocol_state", "END-OF-MESSAGE"),
+            ("sasl_username", "limited@x.org"),
+            ("recipient_count", n),
+        ])
+    };
+    // u64::MAX used to wrap the counter back to a small number and reset the window.
+    for n in [
+        "18446744073709551615",
+        "99999999999999999999999",
+        "18446744073709551615",
+    ] {
+        let d = s.decide(&big(n)).await;
+        assert!(matches!(d.action, Action::Reject(_)), "{n}: {d:?}");
+    }
+    assert_eq!(
+        recipient_weight("18446744073709551615"),
+        MAX_RECIPIENT_WEIGHT
+    );
+    assert_eq!(
+        recipient_weight("99999999999999999999999"),
+        MAX_RECIPIENT_WEIGHT
+    );
+    assert_eq!(recipient_weight("0"), 1);
+    assert_eq!(recipient_weight("-5"), 1);
+    assert_eq!(recipient_weight("x"), 1);
+    assert_eq!(recipient_weight(" 7 "), 7);
 }
 
 #[tokio::test]
@@ -214,13 +271,7 @@ async fn a_failing_store_stops_costing_time_per_message_and_is_probed_again() {
         delay: Duration::from_millis(50),
     });
     let metrics = PolicyMetrics::register(&Metrics::new().unwrap()).unwrap();
-    let s = PolicyService::new(
-        Arc::new(Quotas),
-        store.clone(),
-        Normalizer::new("+"),
-        settings(),
-        metrics.clone(),
-    );
+    let s = PolicyService::new(Arc::new(Quotas), store.clone(), settings(), metrics.clone());
     // Three failures (the threshold) each wait for the store...
     for _ in 0..3 {
         let d = s.decide(&eom("limited@x.org")).await;

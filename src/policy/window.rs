@@ -48,7 +48,7 @@ impl Windows {
     /// Drops buckets older than a day before `now_minute`.
     pub fn expire(&mut self, now_minute: u64) {
         while let Some(&(minute, _)) = self.buckets.front() {
-            if minute + DAY_MINUTES <= now_minute {
+            if minute.saturating_add(DAY_MINUTES) <= now_minute {
                 self.buckets.pop_front();
             } else {
                 break;
@@ -61,7 +61,7 @@ impl Windows {
     pub fn record(&mut self, now_minute: u64, weight: u64) -> (u64, u64) {
         self.expire(now_minute);
         match self.buckets.back_mut() {
-            Some((minute, count)) if *minute >= now_minute => *count += weight,
+            Some((minute, count)) if *minute >= now_minute => *count = count.saturating_add(weight),
             _ => self.buckets.push_back((now_minute, weight)),
         }
         self.counts(now_minute)
@@ -72,10 +72,10 @@ impl Windows {
         let mut hour = 0;
         let mut day = 0;
         for &(minute, count) in &self.buckets {
-            if minute + DAY_MINUTES > now_minute {
-                day += count;
-                if minute + HOUR_MINUTES > now_minute {
-                    hour += count;
+            if minute.saturating_add(DAY_MINUTES) > now_minute {
+                day = u64::saturating_add(day, count);
+                if minute.saturating_add(HOUR_MINUTES) > now_minute {
+                    hour = u64::saturating_add(hour, count);
                 }
             }
         }
@@ -153,6 +153,16 @@ mod tests {
             }
         }
         assert!(w.len() <= DAY_MINUTES as usize);
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_wrapping() {
+        let mut w = Windows::default();
+        let t = 1_000_000;
+        w.record(t, u64::MAX);
+        assert_eq!(w.record(t, u64::MAX), (u64::MAX, u64::MAX), "same bucket");
+        assert_eq!(w.record(t + 1, 5), (u64::MAX, u64::MAX), "sum of buckets");
+        assert!(!Verdict::judge(quota(10, 0), u64::MAX, u64::MAX).allowed);
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod socketmap;
 pub use listener::{BindError, BoundListener, LocalAddr, bind, remove_unix_sockets};
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::access::AllowedClients;
 use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use prometheus::{IntCounter, IntGauge};
@@ -52,8 +54,12 @@ pub struct AcceptContext {
     pub shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// A name for logs, such as `socketmap`.
+    /// A name for logs, such as `socketmap`; also the `listener` metric label.
     pub service: &'static str,
+    /// Who may connect over TCP (`ALLOWED_CLIENTS`).
+    pub allowed: Arc<AllowedClients>,
+    /// Counts TCP connections refused for `allowed`.
+    pub denied: IntCounter,
 }
 
 /// The connection metrics of one service.
@@ -113,6 +119,7 @@ pub async fn accept_loop<H: ConnectionHandler>(
     ctx: AcceptContext,
 ) {
     let full_log = LogThrottle::new(Duration::from_secs(10));
+    let denied_log = LogThrottle::new(Duration::from_secs(10));
     let error_log = LogThrottle::new(Duration::from_secs(10));
     let mut backoff = Duration::from_millis(5);
     loop {
@@ -121,8 +128,25 @@ pub async fn accept_loop<H: ConnectionHandler>(
             r = accept(&listener) => r,
         };
         let stream = match accepted {
-            Ok(s) => {
+            Ok((s, peer)) => {
                 backoff = Duration::from_millis(5);
+                if let Some(peer) = peer
+                    && !ctx.allowed.allows(peer)
+                {
+                    // Before a slot or a task: a denied peer costs an accept and a close.
+                    ctx.denied.inc();
+                    if let Some(suppressed) = denied_log.allow() {
+                        tracing::warn!(
+                            service = ctx.service,
+                            %peer,
+                            allowed = %ctx.allowed,
+                            similar_warnings_suppressed = suppressed,
+                            "connection from outside ALLOWED_CLIENTS closed"
+                        );
+                    }
+                    drop(s);
+                    continue;
+                }
                 s
             }
             Err(e) => {
@@ -170,20 +194,22 @@ enum Accepted {
     Unix(tokio::net::UnixStream),
 }
 
-async fn accept(listener: &BoundListener) -> std::io::Result<Accepted> {
+/// Accepts one connection; with the peer's address for TCP (UNIX peers are
+/// governed by the socket file's mode).
+async fn accept(listener: &BoundListener) -> std::io::Result<(Accepted, Option<IpAddr>)> {
     match listener {
         BoundListener::Tcp(l) => {
-            let (stream, _) = l.accept().await?;
+            let (stream, peer) = l.accept().await?;
             // Replies are single small writes that Postfix waits for: never delay them.
             let _ = stream.set_nodelay(true);
             let keepalive = socket2::TcpKeepalive::new()
                 .with_time(Duration::from_secs(60))
                 .with_interval(Duration::from_secs(60));
             let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-            Ok(Accepted::Tcp(stream))
+            Ok((Accepted::Tcp(stream), Some(peer.ip())))
         }
         BoundListener::Unix(l, _) | BoundListener::InheritedUnix(l) => {
-            Ok(Accepted::Unix(l.accept().await?.0))
+            Ok((Accepted::Unix(l.accept().await?.0), None))
         }
     }
 }

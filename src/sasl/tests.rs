@@ -1,0 +1,258 @@
+use super::*;
+use crate::metrics::Metrics;
+use postfix_adapter_backend::{Address, async_trait};
+use tokio::sync::Notify;
+
+/// `user@example.org` / `right` logs in; `slow@` fails after 150 ms; `down@`
+/// cannot be checked; `hang@` waits until released.
+struct Directory {
+    release: Notify,
+}
+
+#[async_trait]
+impl LookupBackend for Directory {
+    async fn aliases(&self, _: &Address) -> Result<Vec<String>, BackendError> {
+        Ok(vec![])
+    }
+    async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+    async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+    async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
+        Ok(vec![])
+    }
+    async fn authenticate(
+        &self,
+        login: &Address,
+        password: &[u8],
+    ) -> Result<AuthOutcome, BackendError> {
+        match login.as_str() {
+            "user@example.org" if password == b"right" => Ok(AuthOutcome::Success),
+            "slow@example.org" => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                Ok(AuthOutcome::Failure {
+                    reason: AUTH_FAILED.into(),
+                })
+            }
+            "down@example.org" => Err(BackendError::unavailable("connection refused")),
+            "hang@example.org" => {
+                self.release.notified().await;
+                Ok(AuthOutcome::Failure {
+                    reason: AUTH_FAILED.into(),
+                })
+            }
+            _ => Ok(AuthOutcome::Failure {
+                reason: AUTH_FAILED.into(),
+            }),
+        }
+    }
+}
+
+fn settings() -> SaslSettings {
+    SaslSettings {
+        timeout: Duration::from_secs(5),
+        throttle: ThrottleSettings {
+            base_delay: Duration::ZERO,
+            max_delay: Duration::ZERO,
+            lockout_failures: 0,
+            window: Duration::from_secs(60),
+        },
+        max_checks: 6,
+        max_checks_per_client: 4,
+        breaker_failures: 3,
+        breaker_cooldown: Duration::from_secs(60),
+    }
+}
+
+fn service(settings: SaslSettings) -> (Arc<SaslService>, Arc<Directory>) {
+    let directory = Arc::new(Directory {
+        release: Notify::new(),
+    });
+    let metrics = SaslMetrics::register(&Metrics::new().unwrap()).unwrap();
+    let backend: Arc<dyn LookupBackend> = directory.clone();
+    (
+        Arc::new(SaslService::new(backend, settings, metrics)),
+        directory,
+    )
+}
+
+async fn auth(s: &SaslService, login: &str, password: &str, rip: &str) -> AuthResult {
+    s.authenticate(Mechanism::Plain, login, password.as_bytes(), Some(rip))
+        .await
+}
+
+#[tokio::test]
+async fn logins_are_account_names_never_stripped() {
+    let (s, _) = service(settings());
+    assert_eq!(
+        auth(&s, " User@Example.ORG", "right", "192.0.2.1").await,
+        AuthResult::Success("user@example.org".into())
+    );
+    // `user+tag@` is not `user@`: its password is not user's.
+    assert!(matches!(
+        auth(&s, "user+tag@example.org", "right", "192.0.2.1").await,
+        AuthResult::Failure { .. }
+    ));
+}
+
+#[tokio::test]
+async fn every_spelling_of_a_login_shares_one_failure_counter() {
+    let (s, _) = service(SaslSettings {
+        throttle: ThrottleSettings {
+            lockout_failures: 3,
+            ..settings().throttle
+        },
+        ..settings()
+    });
+    for (i, spelling) in [
+        "victim@exämple.org",
+        "Victim@EXÄMPLE.org",
+        "victim@xn--exmple-cua.org",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let rip = format!("198.51.100.{i}");
+        assert!(matches!(
+            auth(&s, spelling, "guess", &rip).await,
+            AuthResult::Failure { .. }
+        ));
+    }
+    assert_eq!(
+        auth(&s, "victim@xn--exmple-cua.org", "guess", "203.0.113.1").await,
+        AuthResult::Failure {
+            reason: LOCKED_OUT.into(),
+            delay: Duration::ZERO
+        },
+        "three spellings, one login"
+    );
+    assert_eq!(s.metrics().lockouts.with_label_values(&["login"]).get(), 1);
+    assert_eq!(s.metrics().lockouts.with_label_values(&["client"]).get(), 0);
+    // A look-alike with a soft hyphen is refused without asking the backend and
+    // counts for its client address only.
+    for _ in 0..3 {
+        auth(&s, "other@exa\u{ad}mple.org", "guess", "192.0.2.99").await;
+    }
+    assert!(matches!(
+        auth(&s, "fresh@example.org", "guess", "192.0.2.99").await,
+        AuthResult::Failure { reason, .. } if reason == LOCKED_OUT
+    ));
+    assert_eq!(s.metrics().lockouts.with_label_values(&["client"]).get(), 1);
+}
+
+#[tokio::test]
+async fn the_failure_delay_counts_from_the_start_of_the_request() {
+    let (s, _) = service(SaslSettings {
+        throttle: ThrottleSettings {
+            base_delay: Duration::from_millis(400),
+            max_delay: Duration::from_millis(400),
+            ..settings().throttle
+        },
+        ..settings()
+    });
+    // The directory took 150 ms to say no: only the rest of the 400 ms is left.
+    let AuthResult::Failure { delay, .. } = auth(&s, "slow@example.org", "x", "192.0.2.1").await
+    else {
+        panic!("a failure")
+    };
+    assert!(
+        delay <= Duration::from_millis(260) && delay >= Duration::from_millis(150),
+        "{delay:?}"
+    );
+    // An instant no gets the whole delay.
+    let AuthResult::Failure { delay, .. } = auth(&s, "nobody@example.org", "x", "192.0.2.2").await
+    else {
+        panic!("a failure")
+    };
+    assert!(delay > Duration::from_millis(390), "{delay:?}");
+}
+
+#[tokio::test]
+async fn checks_in_flight_are_capped_per_client_and_in_total() {
+    let (s, directory) = service(settings());
+    let mut waiting = Vec::new();
+    for _ in 0..4 {
+        let s = s.clone();
+        waiting.push(tokio::spawn(async move {
+            auth(&s, "hang@example.org", "x", "192.0.2.1").await
+        }));
+    }
+    while s.admission.in_flight() < 4 {
+        tokio::task::yield_now().await;
+    }
+    // The fifth from the same address is refused at once, without the backend.
+    let started = Instant::now();
+    assert_eq!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Unavailable
+    );
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(
+        s.metrics()
+            .checks_refused
+            .with_label_values(&["client"])
+            .get(),
+        1
+    );
+    // The same address written as an IPv4-mapped IPv6 address is the same client.
+    assert_eq!(
+        auth(&s, "user@example.org", "right", "::ffff:192.0.2.1").await,
+        AuthResult::Unavailable
+    );
+    // Other clients still get in, up to the total of 6.
+    for i in 2..4 {
+        let s = s.clone();
+        waiting.push(tokio::spawn(async move {
+            auth(&s, "hang@example.org", "x", &format!("192.0.2.{i}")).await
+        }));
+    }
+    while s.admission.in_flight() < 6 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        auth(&s, "user@example.org", "right", "192.0.2.50").await,
+        AuthResult::Unavailable
+    );
+    assert_eq!(
+        s.metrics()
+            .checks_refused
+            .with_label_values(&["total"])
+            .get(),
+        1
+    );
+    directory.release.notify_waiters();
+    for w in waiting {
+        assert!(matches!(w.await.unwrap(), AuthResult::Failure { .. }));
+    }
+    assert_eq!(s.admission.in_flight(), 0);
+    assert_eq!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Success("user@example.org".into()),
+        "slots came back"
+    );
+}
+
+#[tokio::test]
+async fn login_checks_have_their_own_breaker() {
+    let (s, _) = service(settings());
+    for _ in 0..3 {
+        assert_eq!(
+            auth(&s, "down@example.org", "x", "192.0.2.1").await,
+            AuthResult::Unavailable
+        );
+    }
+    assert_eq!(s.metrics().breaker_state.get(), 1, "open after 3 errors");
+    // Open: even a check that would succeed is not sent.
+    assert_eq!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Unavailable
+    );
+    // Wrong passwords are answers, not failures: they never open it.
+    let (s, _) = service(settings());
+    for _ in 0..10 {
+        auth(&s, "user@example.org", "wrong", "192.0.2.1").await;
+    }
+    assert_eq!(s.metrics().breaker_state.get(), 0);
+}
