@@ -24,6 +24,7 @@ pub mod cache;
 pub mod config;
 pub mod http;
 mod log_throttle;
+pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod normalize;

@@ -399,3 +399,6 @@ fn list_reply(map: MapName, items: Vec<String>) -> Result<Reply, BackendError> {
         Reply::Ok(joined)
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use userli_postfix_adapter::config::{self, Config, LogFormat, Sources};
+use userli_postfix_adapter::config::{self, Config, Sources};
 use userli_postfix_adapter::lookup::{LookupService, MapName};
 use userli_postfix_adapter::metrics::Metrics;
 use userli_postfix_adapter::normalize::Normalizer;
@@ -111,19 +111,7 @@ fn init_logging(config: &Config, to_stdout: bool) {
     } else {
         std::io::stderr().is_terminal()
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(config.log_level.as_tracing())
-        .with_writer(writer)
-        .with_ansi(ansi)
-        .with_target(false);
-    match config.log_format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-        LogFormat::Text => builder.init(),
-    }
+    userli_postfix_adapter::logging::init(config.log_level, config.log_format, writer, ansi);
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -44,9 +44,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
     async fn plain(&mut self, id: u32, login: &str, password: &str) -> Option<String> {
+        self.plain_from(id, login, password, "192.0.2.9").await
+    }
+    /// `AUTH PLAIN` as Postfix relays it for an SMTP client at `rip`.
+    async fn plain_from(
+        &mut self,
+        id: u32,
+        login: &str,
+        password: &str,
+        rip: &str,
+    ) -> Option<String> {
         let resp = STANDARD.encode(format!("\0{login}\0{password}"));
         self.send(&format!(
-            "AUTH\t{id}\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip=192.0.2.9\tresp={resp}"
+            "AUTH\t{id}\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip={rip}\tresp={resp}"
         ))
         .await;
         self.line().await
@@ -235,4 +245,112 @@ async fn repeated_failures_are_slowed_down() {
     );
     drop(c);
     server.shutdown().await;
+}
+
+/// 400 clients guessing passwords at once (no valid credentials needed) against a
+/// directory whose password checks are slow: lookups of never-seen keys keep
+/// answering at once, `/ready` stays 200 and the lookup breaker stays closed. Login
+/// checks have their own slots and breaker; beyond their caps they are refused at
+/// once (dropped: Postfix says 454) instead of queueing in front of lookups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_flood_never_starves_lookups() {
+    let api = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/api/postfix/auth"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .set_body_json(serde_json::json!({"message": "authentication failed"}))
+                .set_delay(Duration::from_secs(2)),
+        )
+        .mount(&api)
+        .await;
+    Mock::given(method("GET"))
+        .and(wiremock::matchers::path_regex("^/api/postfix/mailbox/"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!(true)))
+        .mount(&api)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/api/postfix/domain/health-check.invalid"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!(false)))
+        .mount(&api)
+        .await;
+    let server = common::start_userli(
+        &api.uri(),
+        &[
+            ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
+            ("SASL_FAILURE_DELAY", "0"),
+            ("LOOKUP_TIMEOUT", "1s"),
+        ],
+    )
+    .await;
+    let sasl = sasl_addr(&server);
+    let flood_until = Instant::now() + Duration::from_secs(4);
+    let mut flood = Vec::new();
+    for i in 0..400u32 {
+        let rip = format!("10.{}.{}.1", i / 200, i % 200);
+        flood.push(tokio::spawn(async move {
+            let mut attempts = 0u32;
+            while Instant::now() < flood_until {
+                let Ok(stream) = tokio::net::TcpStream::connect(sasl).await else {
+                    continue;
+                };
+                let mut c = Conn::open(stream).await;
+                let mut id = 1;
+                while Instant::now() < flood_until {
+                    attempts += 1;
+                    if c.plain_from(id, "victim@example.org", "guess", &rip)
+                        .await
+                        .is_none()
+                    {
+                        break;
+                    }
+                    id += 1;
+                }
+            }
+            attempts
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut c = common::Client::tcp(server.tcp()).await;
+    let mut slowest = Duration::ZERO;
+    for i in 0..100 {
+        let started = Instant::now();
+        let answer = c.ask(&format!("mailbox fresh{i}@example.org")).await;
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(answer, "OK 1", "lookup {i} during the flood");
+    }
+    assert!(
+        slowest < Duration::from_millis(500),
+        "slowest fresh lookup during the flood took {slowest:?}"
+    );
+    let (status, body) = common::http_get(server.http, "/ready").await;
+    assert_eq!(status, 200, "{body}");
+    let attempts: u32 = futures_sum(flood).await;
+    assert!(attempts >= 400, "the flood ran: {attempts} attempts");
+
+    let text = server.metrics.render();
+    let m = |name: &str, labels: &str| common::metric(&text, name, labels);
+    assert_eq!(m("userli_postfix_adapter_circuit_breaker_state", ""), 0.0);
+    assert!(
+        m(
+            "userli_postfix_adapter_sasl_checks_refused_total",
+            "limit=\"total\""
+        ) > 0.0,
+        "the flood hit the cap on checks in flight"
+    );
+    assert_eq!(
+        m("userli_postfix_adapter_sasl_circuit_breaker_state", ""),
+        1.0,
+        "timed-out checks opened the logins' own breaker"
+    );
+    server.shutdown().await;
+}
+
+async fn futures_sum(tasks: Vec<tokio::task::JoinHandle<u32>>) -> u32 {
+    let mut sum = 0;
+    for t in tasks {
+        sum += t.await.unwrap();
+    }
+    sum
 }

@@ -93,3 +93,49 @@ pub async fn assert_basic_dataset(backend: &dyn LookupBackend) {
     assert!(senders("deleted@example.org").await.is_empty());
     assert!(senders("nobody@example.org").await.is_empty());
 }
+
+/// Asserts that the backend answers address-extension look-alikes literally, as
+/// userli does: the demo data's mailbox `first-last@example.org` and alias
+/// `first@example.org -> user2@example.org` are two different addresses. (The
+/// engine, not the backend, decides when to ask for an extension-stripped form.)
+pub async fn assert_extension_rows(backend: &dyn LookupBackend) {
+    let first_last = addr("first-last@example.org");
+    let first = addr("first@example.org");
+    assert!(
+        backend
+            .mailbox_exists(&first_last)
+            .await
+            .expect("mailbox lookup"),
+        "first-last@ is a mailbox"
+    );
+    assert!(
+        !backend
+            .mailbox_exists(&first)
+            .await
+            .expect("mailbox lookup"),
+        "first@ is an alias, no mailbox"
+    );
+    assert_eq!(
+        backend.aliases(&first).await.expect("alias lookup"),
+        vec!["user2@example.org".to_owned()]
+    );
+    assert!(
+        backend
+            .aliases(&first_last)
+            .await
+            .expect("alias lookup")
+            .is_empty(),
+        "first-last@ is no alias"
+    );
+    assert_eq!(
+        backend.senders(&first_last).await.expect("senders lookup"),
+        vec!["first-last@example.org".to_owned()]
+    );
+    assert!(
+        !backend
+            .mailbox_exists(&addr("first-tag@example.org"))
+            .await
+            .expect("mailbox lookup"),
+        "the backend never strips extensions itself"
+    );
+}

@@ -120,6 +120,45 @@ async fn basic_dataset_conformance() {
     postfix_adapter_backend::testkit::assert_basic_dataset(&b).await;
 }
 
+/// The demo data's address-extension rows, as userli answers them: every key
+/// literally, no stripping on the server.
+#[tokio::test]
+async fn extension_rows_conformance() {
+    let server = MockServer::start().await;
+    let t = |s: &str| format!("/api/postfix/{s}");
+    mount(
+        &server,
+        &t("mailbox/first-last@example.org"),
+        200,
+        json!(true),
+    )
+    .await;
+    mount(&server, &t("mailbox/first@example.org"), 200, json!(false)).await;
+    mount(
+        &server,
+        &t("mailbox/first-tag@example.org"),
+        200,
+        json!(false),
+    )
+    .await;
+    mount(
+        &server,
+        &t("alias/first@example.org"),
+        200,
+        json!(["user2@example.org"]),
+    )
+    .await;
+    mount(&server, &t("alias/first-last@example.org"), 200, json!([])).await;
+    mount(
+        &server,
+        &t("senders/first-last@example.org"),
+        200,
+        json!(["first-last@example.org"]),
+    )
+    .await;
+    postfix_adapter_backend::testkit::assert_extension_rows(&backend(&server)).await;
+}
+
 #[tokio::test]
 async fn sends_token_accept_content_type_and_user_agent() {
     let server = MockServer::start().await;

@@ -1,0 +1,139 @@
+//! The log subscriber of the binary: JSON (one object per line, as upstream) or
+//! text, with every client-supplied string unable to start a new line.
+//!
+//! Clients choose much of what ends up in logs: lookup keys, SASL logins, policy
+//! attributes. The JSON format escapes them by construction. The text format writes
+//! a `%`-formatted field as it is, so a key holding a line break could forge a whole
+//! log line; here every field value (and the message) has its control characters
+//! escaped, whichever way the call site formatted it.
+
+use std::fmt::{self, Write as _};
+
+use tracing::field::Field;
+use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+
+use crate::config::{LogFormat, LogLevel};
+
+/// `text` with every control character (line breaks, tabs, escape sequences) and
+/// the Unicode line and paragraph separators written as escapes.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if needs_escape(c) {
+            let _ = write!(out, "{}", c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+fn write_field(w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug) -> fmt::Result {
+    let rendered = format!("{value:?}");
+    if field.name() == "message" {
+        write!(w, "{}", escape_controls(&rendered))
+    } else {
+        write!(w, "{}={}", field.name(), escape_controls(&rendered))
+    }
+}
+
+/// Installs the global subscriber: `level` and coarser, in `format`, to `writer`.
+pub fn init<W>(level: LogLevel, format: LogFormat, writer: W, ansi: bool)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level.as_tracing())
+        .with_writer(writer)
+        .with_ansi(ansi)
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Text => builder
+            .fmt_fields(tracing_subscriber::fmt::format::debug_fn(write_field).delimited(" "))
+            .init(),
+    }
+}
+
+/// The text-format subscriber [`init`] installs, for tests that capture it locally.
+pub fn text_subscriber<W>(level: LogLevel, writer: W) -> impl tracing::Subscriber + Send + Sync
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_max_level(level.as_tracing())
+        .with_writer(writer)
+        .with_ansi(false)
+        .with_target(false)
+        .fmt_fields(tracing_subscriber::fmt::format::debug_fn(write_field).delimited(" "))
+        .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'w> MakeWriter<'w> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'w self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn no_field_can_start_a_new_line() {
+        let out = Captured::default();
+        let forged = "x@example.org\n2026-01-01T00:00:00Z ERROR forged line";
+        tracing::subscriber::with_default(text_subscriber(LogLevel::Debug, out.clone()), || {
+            let client_key = forged.to_owned();
+            tracing::debug!(key = %client_key, "display field");
+            tracing::debug!(key = ?client_key, "debug field");
+            tracing::debug!(key = client_key.as_str(), "str field");
+            tracing::warn!("message with {client_key}");
+            tracing::info!(error = %std::io::Error::other(forged), "error field");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 5, "{text}");
+        assert!(!text.lines().any(|l| l.starts_with("2026-01-01")), "{text}");
+        assert!(text.contains("x@example.org\\n2026"), "{text}");
+    }
+
+    #[test]
+    fn escaping_leaves_ordinary_text_alone() {
+        assert!(matches!(
+            escape_controls("user@exämple.org"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            escape_controls("a\r\nb\u{1b}[31m\u{2028}"),
+            "a\\r\\nb\\u{1b}[31m\\u{2028}"
+        );
+    }
+}

@@ -1,0 +1,243 @@
+use super::*;
+use postfix_adapter_backend::async_trait;
+use std::sync::Mutex;
+
+/// A directory with a mailbox `first-last@` next to an alias `first@`, as in the
+/// demo data; `broken-*` keys fail, and so do mailbox questions for `mbxdown*`;
+/// every call is recorded.
+#[derive(Default)]
+struct Directory {
+    calls: Mutex<Vec<String>>,
+}
+
+impl Directory {
+    fn record(&self, question: &str, key: &str) -> Result<(), BackendError> {
+        self.calls.lock().unwrap().push(format!("{question} {key}"));
+        if key.starts_with("broken-") || (question == "mailbox" && key.starts_with("mbxdown")) {
+            return Err(BackendError::unavailable("connection refused"));
+        }
+        Ok(())
+    }
+
+    /// The calls since the last time, in order.
+    fn calls(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.lock().unwrap())
+    }
+}
+
+#[async_trait]
+impl LookupBackend for Directory {
+    async fn aliases(&self, a: &Address) -> Result<Vec<String>, BackendError> {
+        self.record("alias", a.as_str())?;
+        Ok(match a.as_str() {
+            "first@example.org" | "broken@example.org" | "mbxdown@example.org" => {
+                vec!["user2@example.org".into()]
+            }
+            "comma@example.org" => vec!["x@evil.example,root@example.org".into()],
+            "space@example.org" => vec!["a@x.org b@y.org".into()],
+            "control@example.org" => vec!["a@x.org\u{1}".into()],
+            "fine@example.org" => vec!["a@x.org".into(), String::new(), "b@y.org".into()],
+            _ => vec![],
+        })
+    }
+    async fn domain_exists(&self, d: &str) -> Result<bool, BackendError> {
+        self.record("domain", d)?;
+        Ok(d == "example.org" || d == "xn--exmple-cua.org")
+    }
+    async fn mailbox_exists(&self, a: &Address) -> Result<bool, BackendError> {
+        self.record("mailbox", a.as_str())?;
+        Ok(matches!(
+            a.as_str(),
+            "first-last@example.org" | "user@example.org" | "user2@example.org"
+        ))
+    }
+    async fn senders(&self, a: &Address) -> Result<Vec<String>, BackendError> {
+        self.record("senders", a.as_str())?;
+        Ok(match a.as_str() {
+            "first-last@example.org" => vec!["first-last@example.org".into()],
+            "first@example.org" => vec!["user2@example.org".into()],
+            "sender-comma@example.org" => vec!["u@x.org,evil@x.org".into()],
+            _ => vec![],
+        })
+    }
+}
+
+fn service(delimiters: &str) -> (LookupService, Arc<Directory>) {
+    let directory = Arc::new(Directory::default());
+    let backend: Arc<dyn LookupBackend> = directory.clone();
+    let service = LookupService::new(
+        backend,
+        Normalizer::new(delimiters),
+        Duration::from_secs(1),
+        Metrics::new().unwrap(),
+    );
+    (service, directory)
+}
+
+async fn ask(s: &LookupService, map: MapName, key: &str) -> String {
+    String::from_utf8(s.lookup(map, key.as_bytes()).await.render().to_vec()).unwrap()
+}
+
+fn sorted(mut calls: Vec<String>) -> Vec<String> {
+    calls.sort();
+    calls
+}
+
+#[tokio::test]
+async fn an_address_that_is_a_mailbox_is_never_read_as_an_extension() {
+    let (s, d) = service("+-");
+    assert_eq!(
+        ask(&s, MapName::Mailbox, "first-last@example.org").await,
+        "OK 1"
+    );
+    assert_eq!(d.calls(), ["mailbox first-last@example.org"], "one call");
+
+    // Not `OK user2@...`: mail to first-last stays with first-last.
+    assert_eq!(
+        ask(&s, MapName::Alias, "First-Last@example.org").await,
+        "NOTFOUND"
+    );
+    assert_eq!(
+        sorted(d.calls()),
+        [
+            "alias first-last@example.org",
+            "mailbox first-last@example.org"
+        ],
+        "first@ is never asked"
+    );
+
+    // Not `OK user2@...`: first@'s owner may not send as first-last.
+    assert_eq!(
+        ask(&s, MapName::Senders, "first-last@example.org").await,
+        "OK first-last@example.org"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_address_with_an_extension_falls_back_to_the_stripped_one() {
+    let (s, d) = service("+-");
+    assert_eq!(
+        ask(&s, MapName::Alias, "first-tag@example.org").await,
+        "OK user2@example.org"
+    );
+    let calls = d.calls();
+    assert_eq!(
+        sorted(calls[..2].to_vec()),
+        [
+            "alias first-tag@example.org",
+            "mailbox first-tag@example.org"
+        ]
+    );
+    assert_eq!(
+        calls[2..],
+        ["alias first@example.org"],
+        "stripped form last"
+    );
+
+    assert_eq!(
+        ask(&s, MapName::Senders, "first+tag@example.org").await,
+        "OK user2@example.org"
+    );
+    assert_eq!(d.calls().last().unwrap(), "senders first@example.org");
+
+    assert_eq!(
+        ask(&s, MapName::Mailbox, "user+tag@example.org").await,
+        "OK 1"
+    );
+    assert_eq!(
+        d.calls(),
+        ["mailbox user+tag@example.org", "mailbox user@example.org"]
+    );
+    assert_eq!(
+        ask(&s, MapName::Mailbox, "first-tag@example.org").await,
+        "NOTFOUND"
+    );
+}
+
+#[tokio::test]
+async fn an_address_without_a_delimiter_costs_one_call() {
+    let (s, d) = service("+-");
+    for map in [MapName::Alias, MapName::Mailbox, MapName::Senders] {
+        ask(&s, map, "user@example.org").await;
+        assert_eq!(d.calls().len(), 1, "{map:?}");
+    }
+    let (s, d) = service("");
+    ask(&s, MapName::Alias, "first-last@example.org").await;
+    assert_eq!(
+        d.calls(),
+        ["alias first-last@example.org"],
+        "no delimiter set"
+    );
+}
+
+#[tokio::test]
+async fn a_backend_error_is_temp_and_never_a_reason_to_strip() {
+    let (s, d) = service("-");
+    // broken@ is an alias, but broken-x@ could not be asked: TEMP, not broken@'s answer.
+    assert_eq!(
+        ask(&s, MapName::Alias, "broken-x@example.org").await,
+        "TEMP Error fetching aliases"
+    );
+    assert!(
+        !d.calls().iter().any(|c| c.ends_with(" broken@example.org")),
+        "the stripped key was asked after an error"
+    );
+    assert_eq!(
+        ask(&s, MapName::Mailbox, "broken-x@example.org").await,
+        "TEMP Error fetching mailbox"
+    );
+    // The alias answer for the full key is "no", but whether it is a mailbox of its
+    // own is unknown: TEMP rather than mbxdown@'s alias.
+    assert_eq!(
+        ask(&s, MapName::Alias, "mbxdown-x@example.org").await,
+        "TEMP Error fetching aliases"
+    );
+    assert!(!d.calls().iter().any(|c| c == "alias mbxdown@example.org"));
+}
+
+#[tokio::test]
+async fn destinations_postfix_would_split_are_temp_never_extra_recipients() {
+    let (s, _) = service("");
+    for key in [
+        "comma@example.org",
+        "space@example.org",
+        "control@example.org",
+    ] {
+        assert_eq!(
+            ask(&s, MapName::Alias, key).await,
+            "TEMP Error fetching aliases",
+            "{key}"
+        );
+    }
+    assert_eq!(
+        ask(&s, MapName::Senders, "sender-comma@example.org").await,
+        "TEMP Error fetching senders"
+    );
+    assert_eq!(
+        s.metrics()
+            .backend_errors
+            .with_label_values(&["alias", "invalid_response"])
+            .get(),
+        3
+    );
+    // Empty entries are dropped, the rest kept in order.
+    assert_eq!(
+        ask(&s, MapName::Alias, "fine@example.org").await,
+        "OK a@x.org,b@y.org"
+    );
+}
+
+#[tokio::test]
+async fn idn_domains_are_asked_in_ascii_form() {
+    let (s, d) = service("");
+    assert_eq!(ask(&s, MapName::Domain, "EXÄMPLE.org").await, "OK 1");
+    assert_eq!(d.calls(), ["domain xn--exmple-cua.org"]);
+    assert_eq!(
+        ask(&s, MapName::Domain, "exa\u{ad}mple.org").await,
+        "NOTFOUND"
+    );
+    assert!(
+        d.calls().is_empty(),
+        "a look-alike never reaches the backend"
+    );
+}
