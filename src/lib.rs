@@ -166,6 +166,7 @@ impl Server {
             let service = PolicyService::new(
                 backend.clone(),
                 store,
+                Normalizer::new(&config.recipient_delimiter),
                 PolicySettings {
                     message: config.rate_limit_message.clone(),
                     defer_over_quota: config.policy_defer_over_quota,

@@ -132,6 +132,19 @@ fn compose_file_parses_and_wires_every_service() {
             assert!(env.contains_key(listener), "{adapter} sets {listener}");
         }
     }
+    // Only the demo publishes an adapter port to the host (for postmap -q from the
+    // host); the userli stack's adapter is reached by its Postfix over the compose
+    // network alone.
+    assert!(
+        services["adapter"].get("ports").is_none(),
+        "the adapter publishes no port to the host"
+    );
+    for port in services["adapter-demo"]["ports"].as_sequence().unwrap() {
+        assert!(
+            port.as_str().unwrap().starts_with("127.0.0.1:"),
+            "demo ports are on the host's loopback only"
+        );
+    }
     let main_cf = read("docker/postfix/main.cf");
     for wiring in [
         "socketmap:inet:@ADAPTER@:10001:alias",
@@ -146,7 +159,30 @@ fn compose_file_parses_and_wires_every_service() {
 fn kubernetes_example_parses_with_probes_secret_and_known_settings() {
     let docs = yaml_documents("deploy/kubernetes/userli-postfix-adapter.yaml");
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Secret", "Deployment", "Service"]);
+    assert_eq!(kinds, ["Secret", "Deployment", "Service", "NetworkPolicy"]);
+    // Nothing leaves the cluster, and only Postfix pods reach the protocol ports.
+    assert_eq!(docs[2]["spec"]["type"].as_str(), Some("ClusterIP"));
+    let policy = &docs[3]["spec"];
+    assert_eq!(
+        policy["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("userli-postfix-adapter")
+    );
+    let rules = policy["ingress"].as_sequence().unwrap();
+    let ports_of = |rule: &serde_yaml::Value| -> Vec<u64> {
+        rule["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|p| p["port"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(
+        rules[0]["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("postfix")
+    );
+    assert_eq!(ports_of(&rules[0]), [10001, 10003, 10004]);
+    assert_eq!(ports_of(&rules[1]), [10002], "the metrics port is apart");
+    assert_eq!(rules.len(), 2, "no other way in");
     let container = &docs[1]["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         container["livenessProbe"]["httpGet"]["path"].as_str(),
@@ -171,7 +207,12 @@ fn compose_postfix_configuration_is_accepted_by_postconf() {
     let dir = tempfile::tempdir().unwrap();
     let main_cf = read("docker/postfix/main.cf").replace("@ADAPTER@", "127.0.0.1");
     std::fs::write(dir.path().join("main.cf"), main_cf).unwrap();
-    std::fs::copy("/etc/postfix/master.cf", dir.path().join("master.cf")).unwrap();
+    // A private master.cf: tests never read the machine's /etc/postfix.
+    std::fs::write(
+        dir.path().join("master.cf"),
+        "smtp inet n - n - - smtpd\npickup unix n - n 60 1 pickup\ncleanup unix n - n - 0 cleanup\n",
+    )
+    .unwrap();
     let out = std::process::Command::new("postconf")
         .arg("-c")
         .arg(dir.path())

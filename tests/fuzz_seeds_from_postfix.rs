@@ -18,6 +18,8 @@
 #[path = "../fuzz/checks.rs"]
 mod checks;
 mod common;
+#[path = "support/postmap.rs"]
+mod postmap_client;
 #[allow(dead_code)]
 #[path = "support/private_postfix.rs"]
 mod private_postfix;
@@ -27,7 +29,6 @@ use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -210,14 +211,7 @@ fn real_postfix_traffic_becomes_fuzz_seeds() {
         ("senders", "alias@example.org"),
         ("alias", "Caps+Tag@EXAMPLE.ORG"),
     ] {
-        let out = Command::new("postmap")
-            .args([
-                "-q",
-                key,
-                &format!("socketmap:inet:{}:{map}", socketmap.addr),
-            ])
-            .output()
-            .expect("postmap is installed");
+        let out = postmap_client::postmap(key, &format!("socketmap:inet:{}:{map}", socketmap.addr));
         assert!(out.status.code().is_some(), "postmap ran");
     }
 

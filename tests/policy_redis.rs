@@ -473,3 +473,87 @@ async fn two_adapters_share_one_quota_and_fail_open_without_redis() {
         task.await.unwrap();
     }
 }
+
+/// A recipient count beyond any integer type used to make Redis answer `value is
+/// not an integer`; five such requests opened the store breaker and switched quotas
+/// off for everyone. Now the weight is clamped, the counters saturate, and the
+/// breaker never hears of it.
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn huge_recipient_counts_are_clamped_and_never_open_the_breaker() {
+    use postfix_adapter_backend::{Address, BackendError, LookupBackend, async_trait};
+    use userli_postfix_adapter::metrics::Metrics;
+    use userli_postfix_adapter::policy::{CountMode, PolicyMetrics, PolicyService, PolicySettings};
+    use userli_postfix_adapter::protocol::policy::{Action, PolicyDecoder};
+
+    struct TenPerHour;
+    #[async_trait]
+    impl LookupBackend for TenPerHour {
+        async fn aliases(&self, _: &Address) -> Result<Vec<String>, BackendError> {
+            Ok(vec![])
+        }
+        async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
+            Ok(false)
+        }
+        async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
+            Ok(false)
+        }
+        async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
+            Ok(vec![])
+        }
+        async fn smtp_quota(&self, _: &Address) -> Result<Option<SmtpQuota>, BackendError> {
+            Ok(Some(quota(10, 0)))
+        }
+    }
+
+    let server = RedisServer::start();
+    let direct = store(&server).await;
+    let verdict = direct
+        .check(
+            "direct@example.org",
+            quota(10, 0),
+            u64::MAX,
+            SystemTime::now(),
+        )
+        .await
+        .expect("a huge weight is clamped, not refused");
+    assert!(!verdict.allowed);
+
+    let metrics = PolicyMetrics::register(&Metrics::new().unwrap()).unwrap();
+    let service = PolicyService::new(
+        Arc::new(TenPerHour),
+        Arc::new(store(&server).await),
+        userli_postfix_adapter::normalize::Normalizer::new("+"),
+        PolicySettings {
+            message: "over quota".into(),
+            defer_over_quota: false,
+            fail_closed: false,
+            sender_fallback: false,
+            count: CountMode::Recipients,
+            timeout: Duration::from_secs(1),
+            store_breaker_failures: 5,
+            store_breaker_cooldown: Duration::from_secs(60),
+        },
+        metrics.clone(),
+    );
+    let request = |user: &str, count: &str| {
+        let text = format!(
+            "protocol_state=END-OF-MESSAGE\nsasl_username={user}\nrecipient_count={count}\n\n"
+        );
+        PolicyDecoder::default()
+            .decode(&mut bytes::BytesMut::from(text.as_bytes()))
+            .unwrap()
+            .unwrap()
+    };
+    for _ in 0..6 {
+        let d = service
+            .decide(&request("attacker@example.org", "18446744073709551615"))
+            .await;
+        assert_eq!(d.action, Action::Reject("over quota".into()));
+    }
+    assert_eq!(metrics.store_breaker_state.get(), 0, "breaker closed");
+    assert_eq!(metrics.store_errors.with_label_values(&["check"]).get(), 0);
+    // Quotas still hold for everyone else.
+    let d = service.decide(&request("other@example.org", "3")).await;
+    assert_eq!((d.action, d.label), (Action::Dunno, "dunno"));
+}

@@ -10,7 +10,9 @@
 //! adapter's `senders` socketmap as `smtpd_sender_login_maps`, and checks:
 //!
 //! - the right password gets `235` with `AUTH PLAIN` and `AUTH LOGIN`, with and
-//!   without an initial response, and a `+tag`/upper-case login too;
+//!   without an initial response, and an upper-case login too; a login with an
+//!   extension is another account (`user2+tag@` is not `user2@`), and with
+//!   `recipient_delimiter = +-` the user `first-last@` logs in as itself;
 //! - a wrong password, an unknown user and a spam-flagged user get `535` (swaks
 //!   exits 28), the spam user's reason reaching Postfix;
 //! - a backend that cannot answer gives `454 4.7.0 Temporary authentication
@@ -169,13 +171,13 @@ fn correct_password_is_accepted_with_plain_and_login() {
     assert!(t.text.contains("334 UGFzc3dvcmQ6"), "{}", t.text);
     assert_auth_ok(&t, "LOGIN user2");
 
-    // The login is normalised: case and the extension do not matter, and Postfix
-    // learns the normalised name (logged once a queue file exists, at RCPT).
+    // The login is canonical: case does not matter, and Postfix learns the
+    // canonical name (logged once a queue file exists, at RCPT).
     let t = postfix.swaks(&[
         "--auth",
         "PLAIN",
         "--auth-user",
-        "User2+tag@Example.org",
+        "User2@Example.org",
         "--auth-password",
         PASSWORD,
         // reject_sender_login_mismatch: the sender must be owned by the login.
@@ -186,9 +188,65 @@ fn correct_password_is_accepted_with_plain_and_login() {
         "--quit-after",
         "RCPT",
     ]);
-    assert_auth_ok(&t, "PLAIN with extension");
+    assert_auth_ok(&t, "PLAIN upper-case");
     assert!(t.rcpt_reply().starts_with("250 "), "{}", t.text);
     postfix.wait_for_log(&["sasl_method=PLAIN", "sasl_username=user2@example.org"]);
+
+    // A login is an account name, never an address with an extension: user2's
+    // password does not open `user2+tag@`.
+    let t = auth(&postfix, "PLAIN", "user2+tag@example.org", PASSWORD, &[]);
+    assert_auth_failed(&t, "PLAIN with an extension");
+}
+
+#[test]
+#[ignore = "needs postfix and swaks"]
+fn a_login_with_a_delimiter_character_is_its_own_account() {
+    // With `-` as a delimiter the adapter used to check first-last@'s password
+    // against first@ (an alias, no login): first-last could never log in.
+    let adapter = sasl_adapter(&[("POSTFIX_RECIPIENT_DELIMITER", "+-")]);
+    let sasl = adapter.sasl.clone().expect("SASL listener");
+    let main_cf = format!(
+        "{}recipient_delimiter = +-\n",
+        sasl_main_cf(&adapter.socketmap, &sasl)
+    );
+    let postfix = PrivatePostfix::start_with(&adapter.socketmap, &main_cf);
+    for mechanism in ["PLAIN", "LOGIN"] {
+        let t = auth(&postfix, mechanism, "first-last@example.org", PASSWORD, &[]);
+        assert_auth_ok(&t, mechanism);
+    }
+    // And it owns its own address for reject_sender_login_mismatch.
+    let t = postfix.swaks(&[
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "first-last@example.org",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "first-last@example.org",
+        "--to",
+        "user@example.org",
+        "--quit-after",
+        "RCPT",
+    ]);
+    assert!(t.rcpt_reply().starts_with("250 "), "{}", t.text);
+    // user2 (first@'s owner) may not send as first-last@.
+    let t = postfix.swaks(&[
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        "user2@example.org",
+        "--auth-password",
+        PASSWORD,
+        "--from",
+        "first-last@example.org",
+        "--to",
+        "user@example.org",
+        "--quit-after",
+        "RCPT",
+    ]);
+    let reply = t.rcpt_reply();
+    assert!(reply.starts_with("553 5.7.1 "), "{reply}\n{}", t.text);
 }
 
 #[test]

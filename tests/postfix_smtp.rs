@@ -211,3 +211,55 @@ fn message_to_an_alias_is_delivered_to_its_target() {
     ]);
     assert!(line.contains("/discard["), "{line}");
 }
+
+/// With `recipient_delimiter = +-`, real mail through smtpd, cleanup and virtual(8):
+/// first-last@ (a mailbox) lands in first-last's Maildir, not with user2 (the
+/// target of the alias first@); first-tag@ (unknown) follows first@'s alias to
+/// user2; user+tag@ still reaches user@.
+#[test]
+#[ignore = "needs postfix and swaks"]
+fn mail_lands_where_postfix_extension_rules_say() {
+    let adapter = Adapter::spawn(&[
+        ("LOOKUP_BACKEND", "fixture"),
+        (
+            "FIXTURE_PATH",
+            demo_fixture().to_str().expect("UTF-8 fixture path"),
+        ),
+        ("POSTFIX_RECIPIENT_DELIMITER", "+-"),
+    ]);
+    let postfix = PrivatePostfix::start_delivering(
+        &adapter.socketmap,
+        "recipient_delimiter = +-\n",
+        &[
+            "first-last@example.org",
+            "user@example.org",
+            "user2@example.org",
+        ],
+    );
+    for (to, subject) in [
+        ("first-last@example.org", "for first-last"),
+        ("first-tag@example.org", "for first-tag"),
+        ("user+tag@example.org", "for user+tag"),
+    ] {
+        let t = postfix.swaks(&["--to", to, "--header", &format!("Subject: {subject}")]);
+        let reply = t.reply_to(".");
+        assert!(reply.starts_with("250 "), "{to}: {reply}\n{}", t.text);
+    }
+    let first_last = postfix.maildir("first-last", "example.org", 1);
+    assert_eq!(first_last.len(), 1, "{}", postfix.maillog());
+    assert!(first_last[0].contains("Subject: for first-last"));
+    let user2 = postfix.maildir("user2", "example.org", 1);
+    assert_eq!(user2.len(), 1, "{}", postfix.maillog());
+    assert!(
+        user2[0].contains("Subject: for first-tag"),
+        "only first-tag@ follows the alias first@"
+    );
+    let user = postfix.maildir("user", "example.org", 1);
+    assert_eq!(user.len(), 1, "{}", postfix.maillog());
+    assert!(user[0].contains("Subject: for user+tag"));
+    postfix.wait_for_log(&[
+        "to=<first-last@example.org>",
+        "relay=virtual",
+        "status=sent",
+    ]);
+}

@@ -17,7 +17,7 @@ use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaug
 
 use crate::log_throttle::LogThrottle;
 use crate::metrics::{LATENCY_BUCKETS, Metrics};
-use crate::normalize;
+use crate::normalize::{self, Normalizer};
 use crate::protocol::policy::{Action, PolicyRequest};
 use crate::resilience::CircuitBreaker;
 use store::{QuotaStore, StoreError};
@@ -194,6 +194,8 @@ pub struct Decision {
 pub struct PolicyService {
     backend: Arc<dyn LookupBackend>,
     store: Arc<dyn QuotaStore>,
+    /// Extensions of envelope senders (`POLICY_SENDER_FALLBACK`), never of logins.
+    normalizer: Normalizer,
     settings: PolicySettings,
     metrics: PolicyMetrics,
     warn_log: LogThrottle,
@@ -216,6 +218,7 @@ impl PolicyService {
     pub fn new(
         backend: Arc<dyn LookupBackend>,
         store: Arc<dyn QuotaStore>,
+        normalizer: Normalizer,
         settings: PolicySettings,
         metrics: PolicyMetrics,
     ) -> Self {
@@ -227,6 +230,7 @@ impl PolicyService {
         Self {
             backend,
             store,
+            normalizer,
             settings,
             metrics,
             warn_log: LogThrottle::new(Duration::from_secs(10)),
@@ -287,15 +291,16 @@ impl PolicyService {
             return dunno("skip");
         }
         let mut identity = request.value("sasl_username");
-        if identity.is_empty() && self.settings.sender_fallback {
+        let from_sender = identity.is_empty() && self.settings.sender_fallback;
+        if from_sender {
             identity = request.value("sender");
         }
         if identity.is_empty() {
             return dunno("check");
         }
-        // An account name in its one canonical spelling (never extension-stripped:
-        // `first-last@` is an account of its own), so re-spelling a login (case,
-        // IDN domain) cannot open a fresh bucket.
+        // An account name in its one canonical spelling, so re-spelling a login
+        // (case, IDN domain) cannot open a fresh bucket. A SASL login is never
+        // extension-stripped: `first-last@` is an account of its own.
         let login = match normalize::login(identity) {
             Ok(login) => login,
             Err(why) => {
@@ -303,10 +308,20 @@ impl PolicyService {
                 return dunno("check");
             }
         };
-
-        let quota = tokio::time::timeout(self.settings.timeout, self.backend.smtp_quota(&login))
-            .await
-            .unwrap_or(Err(postfix_adapter_backend::BackendError::Timeout));
+        let (login, quota) = match self.quota_of(&login).await {
+            // An envelope sender is an address: as Postfix does for its tables, the
+            // address as given first, and only when that names no account the
+            // address without its extension (`user+list@` counts as `user@`, while
+            // an account `first-last@` keeps its own count).
+            Ok(None) if from_sender => match self.without_extension(identity) {
+                Some(stripped) => {
+                    let quota = self.quota_of(&stripped).await;
+                    (stripped, quota)
+                }
+                None => (login, Ok(None)),
+            },
+            quota => (login, quota),
+        };
         let quota = match quota {
             Ok(Some(q)) if !q.is_unlimited() => q,
             Ok(_) => return dunno("check"),
@@ -380,6 +395,23 @@ impl PolicyService {
                 label: "reject",
             }
         }
+    }
+
+    async fn quota_of(
+        &self,
+        login: &postfix_adapter_backend::Address,
+    ) -> Result<Option<postfix_adapter_backend::SmtpQuota>, postfix_adapter_backend::BackendError>
+    {
+        tokio::time::timeout(self.settings.timeout, self.backend.smtp_quota(login))
+            .await
+            .unwrap_or(Err(postfix_adapter_backend::BackendError::Timeout))
+    }
+
+    /// The canonical account of an envelope sender without its extension, if it
+    /// has one.
+    fn without_extension(&self, sender: &str) -> Option<postfix_adapter_backend::Address> {
+        let key = self.normalizer.address(sender.as_bytes()).ok()?;
+        normalize::login(key.without_extension()?.as_str()).ok()
     }
 
     fn store_failure(&self, why: &str) -> Decision {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::normalize::Normalizer;
 use crate::protocol::policy::PolicyDecoder;
 use bytes::BytesMut;
 use postfix_adapter_backend::{Address, BackendError, SmtpQuota, async_trait};
@@ -55,6 +56,7 @@ fn service(settings: PolicySettings) -> PolicyService {
     PolicyService::new(
         Arc::new(Quotas),
         Arc::new(EmbeddedStore::in_memory()),
+        Normalizer::new("+"),
         settings,
         PolicyMetrics::register(&Metrics::new().unwrap()).unwrap(),
     )
@@ -119,6 +121,25 @@ async fn identities_are_canonical_account_names() {
     ));
     // A look-alike with an invisible character is no account at all.
     let d = s.decide(&eom("limited@x\u{ad}.org")).await;
+    assert_eq!((d.action, d.label), (Action::Dunno, "dunno"));
+}
+
+#[tokio::test]
+async fn envelope_senders_follow_postfix_extension_order() {
+    let s = service(PolicySettings {
+        sender_fallback: true,
+        ..settings()
+    });
+    let from = |sender: &str| request(&[("protocol_state", "END-OF-MESSAGE"), ("sender", sender)]);
+    // `limited+list@` names no account: it counts as `limited@`...
+    s.decide(&from("limited+list@x.org")).await;
+    s.decide(&from("Limited@x.org")).await;
+    assert!(matches!(
+        s.decide(&from("limited+other@x.org")).await.action,
+        Action::Reject(_)
+    ));
+    // ...but a SASL login is an account name and never stripped.
+    let d = s.decide(&eom("limited+list@x.org")).await;
     assert_eq!((d.action, d.label), (Action::Dunno, "dunno"));
 }
 
@@ -271,7 +292,13 @@ async fn a_failing_store_stops_costing_time_per_message_and_is_probed_again() {
         delay: Duration::from_millis(50),
     });
     let metrics = PolicyMetrics::register(&Metrics::new().unwrap()).unwrap();
-    let s = PolicyService::new(Arc::new(Quotas), store.clone(), settings(), metrics.clone());
+    let s = PolicyService::new(
+        Arc::new(Quotas),
+        store.clone(),
+        Normalizer::new("+"),
+        settings(),
+        metrics.clone(),
+    );
     // Three failures (the threshold) each wait for the store...
     for _ in 0..3 {
         let d = s.decide(&eom("limited@x.org")).await;

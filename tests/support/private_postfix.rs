@@ -16,6 +16,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The uid and gid (`nobody`) virtual(8) delivers as in delivering instances.
+const NOBODY: u32 = 65534;
+
 /// Upper bound on the life of a master process we started, in seconds.
 const MASTER_EXIT_TIME: &str = "300";
 
@@ -59,6 +62,58 @@ impl PrivatePostfix {
         extra_main_cf: &str,
         smtpd_maxproc: Option<u32>,
     ) -> Self {
+        Self::launch(socketmap, extra_main_cf, smtpd_maxproc, None)
+    }
+
+    /// Like [`Self::start_with`], but accepted mail is really delivered: Postfix's
+    /// `virtual(8)` writes each message into a Maildir under the instance's
+    /// directory (see [`Self::maildir`]), for the recipient cleanup arrived at
+    /// through the adapter's alias socketmap.
+    ///
+    /// virtual(8) refuses socketmaps for its own mailbox lookup (it needs paths, and
+    /// a socketmap lacks the NO_UNAUTH safety flag), so it gets a `texthash` table
+    /// mapping each of `mailboxes` (`local@domain`) to `domain/local/`, as an
+    /// operator would give it a path map; recipient validation (smtpd) and alias
+    /// expansion (cleanup) still go through the adapter.
+    pub(crate) fn start_delivering(
+        socketmap: &str,
+        extra_main_cf: &str,
+        mailboxes: &[&str],
+    ) -> Self {
+        Self::launch(socketmap, extra_main_cf, None, Some(mailboxes))
+    }
+
+    /// The messages delivered to the Maildir of `local@domain` (instances from
+    /// [`Self::start_delivering`]), waiting up to 15 s for at least `want`.
+    pub(crate) fn maildir(&self, local: &str, domain: &str, want: usize) -> Vec<String> {
+        let new = self
+            .dir
+            .path()
+            .join("mail")
+            .join(domain)
+            .join(local)
+            .join("new");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let messages: Vec<String> = std::fs::read_dir(&new)
+                .into_iter()
+                .flatten()
+                .filter_map(Result::ok)
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .collect();
+            if messages.len() >= want || Instant::now() >= deadline {
+                return messages;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn launch(
+        socketmap: &str,
+        extra_main_cf: &str,
+        smtpd_maxproc: Option<u32>,
+        deliver_to: Option<&[&str]>,
+    ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("private-postfix-")
             .tempdir()
@@ -75,12 +130,39 @@ impl PrivatePostfix {
         set_mode(&queue, 0o755);
         let port = free_port();
         let mut main = main_cf(dir.path(), socketmap);
+        let mut master = master_cf(port, smtpd_maxproc);
+        if let Some(mailboxes) = deliver_to {
+            let mail = dir.path().join("mail");
+            std::fs::create_dir(&mail).expect("create the mail directory");
+            // virtual(8) writes as the static uid below and creates the Maildirs.
+            std::os::unix::fs::chown(&mail, Some(NOBODY), Some(NOBODY))
+                .expect("chown the mail directory");
+            let paths: String = mailboxes
+                .iter()
+                .map(|m| {
+                    let (local, domain) = m.rsplit_once('@').expect("local@domain");
+                    format!("{m} {domain}/{local}/\n")
+                })
+                .collect();
+            write(&etc.join("vmailbox"), &paths);
+            main.push_str(&format!(
+                "virtual_transport = virtual\n\
+                 virtual_mailbox_base = {mail}\n\
+                 virtual_uid_maps = static:{NOBODY}\n\
+                 virtual_gid_maps = static:{NOBODY}\n",
+                mail = mail.display()
+            ));
+            master.push_str(&format!(
+                "virtual   unix  -  n  n  -  -  virtual -o virtual_mailbox_maps=texthash:{}\n",
+                etc.join("vmailbox").display()
+            ));
+        }
         main.push_str(extra_main_cf);
         if !main.ends_with('\n') {
             main.push('\n');
         }
         write(&etc.join("main.cf"), &main);
-        write(&etc.join("master.cf"), &master_cf(port, smtpd_maxproc));
+        write(&etc.join("master.cf"), &master);
 
         // `postfix check` runs post-install create-missing (queue subdirectories with
         // their owners) and postsuper, exactly what `postfix start` would do first.
