@@ -65,6 +65,9 @@ struct Cli {
     /// Latency of a password check in the fake directory.
     #[arg(long, default_value = "100ms", value_parser = duration)]
     auth_latency: Duration,
+    /// `SASL_FAILURE_DELAY` of the engine (the shipped default; `0` floods hardest).
+    #[arg(long, default_value = "250ms", value_parser = duration)]
+    failure_delay: Duration,
     /// Print Markdown table rows (for the README) instead of text.
     #[arg(long)]
     markdown: bool,
@@ -304,7 +307,7 @@ fn main() -> Result<(), BoxError> {
         config.socketmap_listen = ListenAddr::parse("127.0.0.1:0")?;
         config.metrics_listen = ListenAddr::parse("127.0.0.1:0")?;
         config.sasl_listen = Some(ListenAddr::parse("127.0.0.1:0")?);
-        config.sasl_failure_delay = Duration::ZERO;
+        config.sasl_failure_delay = cli.failure_delay;
         // Long-lived flood connections: one slot each.
         config.max_connections = config
             .max_connections

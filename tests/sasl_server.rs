@@ -354,3 +354,100 @@ async fn futures_sum(tasks: Vec<tokio::task::JoinHandle<u32>>) -> u32 {
     }
     sum
 }
+
+/// How long a failed login takes must not tell whether the login exists. With the
+/// fixture backend an unknown user used to fail in a flat 251 ms and a known user
+/// with a wrong password in 285–377 ms (the hash verification on top of the
+/// delay). Now the delay counts from the start of the request and unknown users
+/// verify a dummy hash of the data set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_timing_does_not_tell_which_users_exist() {
+    // Costly hashes (argon2id, 64 MiB, 3 passes: about 100 ms), so that verifying
+    // one or not shows clearly against the 250 ms delay.
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("costly.toml");
+    let hash = "$argon2id$v=19$m=65536,t=3,p=1$K4t0xgZAbDSAh/tmc3+RGg$8cMLyPCKi6V9YbjvhX4/Ccjyuw4Xf8wXelCSHP4mQUg";
+    let mut text = String::from("domains = [\"example.org\"]\n");
+    for user in ["user", "user2", "admin", "totp", "first-last"] {
+        text.push_str(&format!(
+            "[[users]]\nemail = \"{user}@example.org\"\npassword_hash = \"{hash}\"\n"
+        ));
+    }
+    text.push_str("[[users]]\nemail = \"deleted@example.org\"\ndeleted = true\n");
+    std::fs::write(&fixture, text).unwrap();
+    let mut config = loopback_config(Config::for_fixture(&fixture));
+    config.sasl_listen = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+    config.sasl_failure_delay = Duration::from_millis(250);
+    let metrics = Metrics::new().unwrap();
+    let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
+    let server = start_with_metrics(config, backend, metrics).await;
+    let mut c = Conn::open(
+        tokio::net::TcpStream::connect(sasl_addr(&server))
+            .await
+            .unwrap(),
+    )
+    .await;
+    // Each login's first failure from a fresh client address: the base delay only.
+    let known = failure_times(
+        &mut c,
+        &[
+            "user@example.org",
+            "user2@example.org",
+            "admin@example.org",
+            "totp@example.org",
+            "first-last@example.org",
+        ],
+        1,
+    )
+    .await;
+    let unknown = failure_times(
+        &mut c,
+        &[
+            "nobody@example.org",
+            "ghost@example.org",
+            "deleted@example.org",
+            "x@example.org",
+            "no-one@example.org",
+        ],
+        2,
+    )
+    .await;
+    let median = |t: &[Duration]| t[t.len() / 2];
+    println!("hostile: failed logins: known users {known:?}, unknown users {unknown:?}");
+    for t in known.iter().chain(&unknown) {
+        assert!(
+            *t >= Duration::from_millis(245),
+            "{t:?}: the delay was cut short"
+        );
+    }
+    let gap = median(&known).abs_diff(median(&unknown));
+    assert!(
+        gap < Duration::from_millis(40),
+        "known users fail in {:?}, unknown ones in {:?}",
+        median(&known),
+        median(&unknown)
+    );
+    drop(c);
+    server.shutdown().await;
+}
+
+/// How long each login's wrong password takes to fail, sorted; each from its own
+/// client address `198.51.<net>.<i>`.
+async fn failure_times<S: AsyncRead + AsyncWrite + Unpin>(
+    c: &mut Conn<S>,
+    logins: &[&str],
+    net: u8,
+) -> Vec<Duration> {
+    let mut took = Vec::new();
+    for (i, login) in logins.iter().enumerate() {
+        let started = Instant::now();
+        let reply = c
+            .plain_from(i as u32 + 1, login, "wrong", &format!("198.51.{net}.{i}"))
+            .await
+            .unwrap();
+        took.push(started.elapsed());
+        assert!(reply.starts_with("FAIL\t"), "{login}: {reply}");
+    }
+    took.sort();
+    took
+}

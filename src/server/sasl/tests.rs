@@ -343,3 +343,12 @@ async fn a_line_trickled_byte_by_byte_is_cut_off_at_its_deadline() {
         "cut off at the deadline"
     );
 }
+
+#[test]
+fn cookies_are_32_hex_characters_and_differ() {
+    let (a, b) = (cookie(1), cookie(1));
+    assert_eq!(a.len(), 32);
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+    assert_ne!(a, b, "same connection id, still different cookies");
+    assert_ne!(cookie(2), cookie(3));
+}
