@@ -16,9 +16,10 @@
 //! postmap -q user@example.org socketmap:inet:127.0.0.1:10001:mailbox
 //! ```
 //!
-//! The engine supplies the protocol, normalisation (keys arrive lower-cased and
-//! without extensions), deadlines, metrics and health endpoints; the backend only
-//! answers.
+//! The engine supplies the protocol, normalisation (keys arrive lower-cased; with a
+//! recipient delimiter the engine asks for the address as given first and for the
+//! address without its extension only when that is not found), deadlines, metrics
+//! and health endpoints; the backend only answers, for exactly the key it gets.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -162,6 +162,8 @@ fn alerts_use_documented_metrics() {
         "userli_postfix_adapter_ratelimit_backend_errors_total",
         "userli_postfix_adapter_sasl_backend_unavailable_total",
         "userli_postfix_adapter_lookup_cache_total",
+        "userli_postfix_adapter_connections_denied_total",
+        "userli_postfix_adapter_sasl_checks_refused_total",
     ] {
         assert!(used.contains(must), "an alert watches {must}");
     }

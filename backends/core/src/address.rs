@@ -3,7 +3,11 @@ use std::fmt;
 /// A mailbox address as the engine hands it to a backend: `local@domain`.
 ///
 /// The engine has already lower-cased it, trimmed invisible characters from both
-/// ends and stripped a recipient-delimiter extension. What [`Address::parse`]
+/// ends and put an internationalised domain into its ASCII form. With a recipient
+/// delimiter, the engine asks for the address as given first and for the address
+/// without its extension only when that is not found (Postfix's order): a backend
+/// answers for exactly the address it gets and never strips anything itself. What
+/// [`Address::parse`]
 /// guarantees on top: exactly the last `@` separates a non-empty local part from a
 /// non-empty domain, and there is no white space or control character anywhere.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
