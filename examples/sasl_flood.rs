@@ -68,6 +68,10 @@ struct Cli {
     /// `SASL_FAILURE_DELAY` of the engine (the shipped default; `0` floods hardest).
     #[arg(long, default_value = "250ms", value_parser = duration)]
     failure_delay: Duration,
+    /// Check passwords with the fixture backend on this file instead (real password
+    /// hashing on the adapter's own CPUs); `--auth-latency` is then unused.
+    #[arg(long)]
+    fixture: Option<std::path::PathBuf>,
     /// Print Markdown table rows (for the README) instead of text.
     #[arg(long)]
     markdown: bool,
@@ -82,6 +86,8 @@ struct Directory {
     lookup: Duration,
     auth: Duration,
     auth_calls: AtomicU64,
+    /// Password checks by the fixture backend, when given.
+    fixture: Option<postfix_adapter_backend_fixture::FixtureBackend>,
 }
 
 #[async_trait]
@@ -102,8 +108,15 @@ impl LookupBackend for Directory {
         tokio::time::sleep(self.lookup).await;
         Ok(vec![])
     }
-    async fn authenticate(&self, _: &Address, _: &[u8]) -> Result<AuthOutcome, BackendError> {
+    async fn authenticate(
+        &self,
+        login: &Address,
+        password: &[u8],
+    ) -> Result<AuthOutcome, BackendError> {
         self.auth_calls.fetch_add(1, Ordering::Relaxed);
+        if let Some(fixture) = &self.fixture {
+            return fixture.authenticate(login, password).await;
+        }
         tokio::time::sleep(self.auth).await;
         Ok(AuthOutcome::Failure {
             reason: "authentication failed".into(),
@@ -299,6 +312,10 @@ fn main() -> Result<(), BoxError> {
         lookup: cli.backend_latency,
         auth: cli.auth_latency,
         auth_calls: AtomicU64::new(0),
+        fixture: match &cli.fixture {
+            Some(path) => Some(postfix_adapter_backend_fixture::FixtureBackend::load(path)?),
+            None => None,
+        },
     });
     let metrics = Metrics::new()?;
     let (socketmap, sasl, http, stop_server, server_task) = server_rt.block_on(async {

@@ -226,10 +226,6 @@ impl SaslService {
                         "too many password checks in flight, dropping the auth connection (Postfix answers 454)"
                     );
                 }
-                // Held for the base failure delay first (it costs a sleeping task,
-                // no slot): a flood that is refused at once would just come back at
-                // once, and its reconnects would cost more than the refusals.
-                tokio::time::sleep(self.throttle.settings().base_delay).await;
                 return AuthResult::Unavailable;
             }
         };
