@@ -214,37 +214,27 @@ fn a_login_with_a_delimiter_character_is_its_own_account() {
         let t = auth(&postfix, mechanism, "first-last@example.org", PASSWORD, &[]);
         assert_auth_ok(&t, mechanism);
     }
-    // And it owns its own address for reject_sender_login_mismatch.
-    let t = postfix.swaks(&[
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "first-last@example.org",
-        "--auth-password",
-        PASSWORD,
-        "--from",
-        "first-last@example.org",
-        "--to",
-        "user@example.org",
-        "--quit-after",
-        "RCPT",
-    ]);
+    let send_as = |user: &str| {
+        postfix.swaks(&[
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            user,
+            "--auth-password",
+            PASSWORD,
+            "--from",
+            "first-last@example.org",
+            "--to",
+            "user@example.org",
+            "--quit-after",
+            "RCPT",
+        ])
+    };
+    // It owns its own address for reject_sender_login_mismatch...
+    let t = send_as("first-last@example.org");
     assert!(t.rcpt_reply().starts_with("250 "), "{}", t.text);
-    // user2 (first@'s owner) may not send as first-last@.
-    let t = postfix.swaks(&[
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        "user2@example.org",
-        "--auth-password",
-        PASSWORD,
-        "--from",
-        "first-last@example.org",
-        "--to",
-        "user@example.org",
-        "--quit-after",
-        "RCPT",
-    ]);
+    // ...and user2 (first@'s owner) may not send as first-last@.
+    let t = send_as("user2@example.org");
     let reply = t.rcpt_reply();
     assert!(reply.starts_with("553 5.7.1 "), "{reply}\n{}", t.text);
 }
