@@ -48,14 +48,20 @@ impl Network {
                 .filter(|p| *p <= max)
                 .ok_or_else(|| format!("{text:?}: the prefix length must be 0..={max}"))?,
         };
-        Ok(Self {
-            addr: canonical_ip(addr),
-            prefix: if addr.is_ipv6() && canonical_ip(addr).is_ipv4() {
-                prefix.saturating_sub(96)
-            } else {
-                prefix
-            },
-        })
+        if addr.is_ipv6() && canonical_ip(addr).is_ipv4() {
+            // `::ffff:a.b.c.d/n` is an IPv4 network written the IPv6 way; below /96
+            // it would reach beyond the mapped range, which is never meant.
+            if prefix < 96 {
+                return Err(format!(
+                    "{text:?}: an IPv4-mapped network needs a prefix of at least 96 (write the IPv4 network instead)"
+                ));
+            }
+            return Ok(Self {
+                addr: canonical_ip(addr),
+                prefix: prefix - 96,
+            });
+        }
+        Ok(Self { addr, prefix })
     }
 
     /// Whether `ip` (already canonical) lies in this network.
@@ -67,14 +73,21 @@ impl Network {
                     .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
+            (IpAddr::V6(net), IpAddr::V6(ip)) => Self::contains_v6(net, ip, self.prefix),
+            // An IPv6 network that covers the mapped range (`::/0`, `::ffff:0:0/96`)
+            // covers IPv4 peers too, which arrive here as IPv4.
+            (IpAddr::V6(net), IpAddr::V4(ip)) => {
+                Self::contains_v6(net, ip.to_ipv6_mapped(), self.prefix)
             }
-            _ => false,
+            (IpAddr::V4(_), IpAddr::V6(_)) => false,
         }
+    }
+}
+
+impl Network {
+    fn contains_v6(net: std::net::Ipv6Addr, ip: std::net::Ipv6Addr, prefix: u8) -> bool {
+        let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+        u128::from(net) & mask == u128::from(ip) & mask
     }
 }
 
@@ -218,6 +231,15 @@ mod tests {
             mapped.allows(ip("10.1.2.3")),
             "mapped network counts as IPv4"
         );
+        assert!(!mapped.allows(ip("11.1.2.3")));
+        // IPv6 networks that cover the mapped range cover IPv4 peers.
+        let v6_all = AllowedClients::parse("::/0").unwrap();
+        assert!(v6_all.allows(ip("8.8.8.8")) && v6_all.allows(ip("::ffff:8.8.8.8")));
+        let mapped_range = AllowedClients::parse("::ffff:0:0/96").unwrap();
+        assert!(mapped_range.allows(ip("192.0.2.1")));
+        assert!(!mapped_range.allows(ip("2001:db8::1")));
+        let v6_only = AllowedClients::parse("2001:db8::/32").unwrap();
+        assert!(!v6_only.allows(ip("192.0.2.1")));
     }
 
     #[test]
@@ -227,6 +249,7 @@ mod tests {
             ("fe80::/129", "0..=128"),
             ("localhost", "not an IP address"),
             ("10.0.0.0/x", "prefix"),
+            ("::ffff:10.0.0.0/8", "at least 96"),
             (" , ", "no network"),
         ] {
             let err = AllowedClients::parse(text).unwrap_err();

@@ -210,12 +210,15 @@ impl Server {
             Some((Arc::new(service), sasl_listeners))
         };
         // The cache keeps the deadline itself, so it can answer stale in time.
-        let service = Arc::new(LookupService::new(
-            backend,
-            Normalizer::new(&config.recipient_delimiter),
-            None,
-            metrics.clone(),
-        ));
+        let service = Arc::new(
+            LookupService::new(
+                backend,
+                Normalizer::new(&config.recipient_delimiter),
+                None,
+                metrics.clone(),
+            )
+            .with_overall_deadline(config.lookup_timeout),
+        );
         Ok(Self {
             config,
             metrics,

@@ -4,8 +4,10 @@
 //! Clients choose much of what ends up in logs: lookup keys, SASL logins, policy
 //! attributes. The JSON format escapes them by construction. The text format writes
 //! a `%`-formatted field as it is, so a key holding a line break could forge a whole
-//! log line; here every field value (and the message) has its control characters
-//! escaped, whichever way the call site formatted it.
+//! log line, and one holding ` user=root` an extra field; here every field value
+//! (and the message) has its control and invisible characters (bidirectional
+//! overrides included) escaped, and a value with white space or quotes is quoted,
+//! whichever way the call site formatted it.
 
 use std::fmt::{self, Write as _};
 
@@ -34,7 +36,45 @@ pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || crate::normalize::is_invisible(c)
+}
+
+/// A field value that cannot pass for more than one value: escaped, and quoted
+/// (logfmt style) when it has white space or quotes and is not already a
+/// well-formed quoted string (what `?` formatting of a string gives).
+fn field_value(rendered: &str) -> std::borrow::Cow<'_, str> {
+    let escaped = escape_controls(rendered);
+    let plain = !escaped.is_empty() && !escaped.contains([' ', '"']);
+    if plain || is_quoted_literal(&escaped) {
+        return escaped;
+    }
+    let mut out = String::with_capacity(escaped.len() + 2);
+    out.push('"');
+    for c in escaped.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    std::borrow::Cow::Owned(out)
+}
+
+/// `"…"` with every inner quote escaped.
+fn is_quoted_literal(s: &str) -> bool {
+    let Some(inner) = s.strip_prefix('"').and_then(|s| s.strip_suffix('"')) else {
+        return false;
+    };
+    let mut escaped = false;
+    for c in inner.chars() {
+        match (escaped, c) {
+            (true, _) => escaped = false,
+            (false, '\\') => escaped = true,
+            (false, '"') => return false,
+            _ => {}
+        }
+    }
+    !escaped
 }
 
 fn write_field(w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug) -> fmt::Result {
@@ -42,7 +82,7 @@ fn write_field(w: &mut Writer<'_>, field: &Field, value: &dyn fmt::Debug) -> fmt
     if field.name() == "message" {
         write!(w, "{}", escape_controls(&rendered))
     } else {
-        write!(w, "{}={}", field.name(), escape_controls(&rendered))
+        write!(w, "{}={}", field.name(), field_value(&rendered))
     }
 }
 
@@ -126,6 +166,25 @@ mod tests {
     }
 
     #[test]
+    fn no_field_can_pass_for_another_field() {
+        let out = Captured::default();
+        tracing::subscriber::with_default(text_subscriber(LogLevel::Debug, out.clone()), || {
+            let login = "x\" user=root level=ERROR \u{202e}";
+            tracing::info!(login = %login, count = 3, ok = "plain@example.org", "attempt");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains(r#"login="x\" user=root level=ERROR \\u{202e}""#),
+            "{text}"
+        );
+        assert!(text.contains("count=3 ok=\"plain@example.org\""), "{text}");
+        assert!(
+            !text.contains('\u{202e}'),
+            "a bidi override reached the log"
+        );
+    }
+
+    #[test]
     fn escaping_leaves_ordinary_text_alone() {
         assert!(matches!(
             escape_controls("user@exämple.org"),
@@ -135,5 +194,13 @@ mod tests {
             escape_controls("a\r\nb\u{1b}[31m\u{2028}"),
             "a\\r\\nb\\u{1b}[31m\\u{2028}"
         );
+        assert_eq!(field_value("plain"), "plain");
+        assert_eq!(field_value(""), r#""""#);
+        assert_eq!(field_value("a b"), r#""a b""#);
+        assert_eq!(
+            field_value(r#""already \" quoted""#),
+            r#""already \" quoted""#
+        );
+        assert_eq!(field_value(r#""x" y=z"#), r#""\"x\" y=z""#);
     }
 }

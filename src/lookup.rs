@@ -96,6 +96,9 @@ pub struct LookupService {
     backend: Arc<dyn LookupBackend>,
     normalizer: Normalizer,
     timeout: Option<Duration>,
+    /// One deadline for a whole lookup, however many backend questions it takes
+    /// (an address with an extension may take two rounds).
+    overall: Option<Duration>,
     metrics: Metrics,
     series: RequestSeries,
     error_log: LogThrottle,
@@ -163,14 +166,25 @@ impl LookupService {
         timeout: impl Into<Option<Duration>>,
         metrics: Metrics,
     ) -> Self {
+        let timeout = timeout.into();
         Self {
             backend,
             normalizer,
-            timeout: timeout.into(),
+            timeout,
+            overall: timeout,
             series: RequestSeries::new(&metrics),
             metrics,
             error_log: LogThrottle::new(Duration::from_secs(10)),
         }
+    }
+
+    /// Bounds a whole lookup by `deadline`, for a service whose backend keeps the
+    /// per-call deadline itself (the cache): an address with an extension asks in
+    /// two rounds, and both together must still answer within `LOOKUP_TIMEOUT`.
+    #[must_use]
+    pub fn with_overall_deadline(mut self, deadline: Duration) -> Self {
+        self.overall = Some(deadline);
+        self
     }
 
     /// The backend answers come from.
@@ -213,7 +227,14 @@ impl LookupService {
             },
             MapName::Alias | MapName::Mailbox | MapName::Senders => {
                 match self.normalizer.address(key) {
-                    Ok(address) => self.address_lookup(map, &address).await,
+                    Ok(address) => match (self.overall, address.without_extension()) {
+                        (Some(limit), Some(_)) => {
+                            tokio::time::timeout(limit, self.address_lookup(map, &address))
+                                .await
+                                .unwrap_or(Err(BackendError::Timeout))
+                        }
+                        _ => self.address_lookup(map, &address).await,
+                    },
                     Err(why) => {
                         // Debug formatting escapes line breaks: a key must never
                         // forge a log line.
@@ -259,15 +280,16 @@ impl LookupService {
     /// definitely not found. A backend error at any step is the answer (`TEMP`),
     /// never a reason to try the other form.
     ///
-    /// One more rule keeps mail with the right person: an address that is a
-    /// mailbox of its own is never read as an extension of another address. With
+    /// One more rule keeps mail with the right person: an address that exists on
+    /// its own is never read as an extension of another address. With
     /// `recipient_delimiter = -`, mail to the mailbox `first-last@` must not follow
-    /// the alias `first@`, and `first@`'s owners must not send as `first-last@`.
+    /// the alias `first@`, and `first@`'s owners must not send as `first-last@`
+    /// (nor as an alias `first-sales@` of its own that lists no sender).
     async fn address_lookup(&self, map: MapName, key: &AddressKey) -> Result<Reply, BackendError> {
         let Some(stripped) = key.without_extension() else {
             return self.ask(map, key.full()).await;
         };
-        let own_mailbox = match map {
+        let exists_on_its_own = match map {
             MapName::Mailbox => {
                 let reply = self.ask(map, key.full()).await?;
                 if reply != Reply::NotFound {
@@ -275,9 +297,9 @@ impl LookupService {
                 }
                 false
             }
-            _ => {
+            MapName::Alias => {
                 // Both answers are needed whenever the address is no alias (the
-                // common case), so they are asked at once: one deadline, not two.
+                // common case), so they are asked at once: one round, not two.
                 let (reply, mailbox) = tokio::join!(
                     self.ask(map, key.full()),
                     self.deadline(self.backend.mailbox_exists(key.full()))
@@ -288,8 +310,20 @@ impl LookupService {
                 }
                 mailbox?
             }
+            _ => {
+                let (reply, mailbox, aliases) = tokio::join!(
+                    self.ask(map, key.full()),
+                    self.deadline(self.backend.mailbox_exists(key.full())),
+                    self.deadline(self.backend.aliases(key.full()))
+                );
+                let reply = reply?;
+                if reply != Reply::NotFound {
+                    return Ok(reply);
+                }
+                mailbox? || aliases?.iter().any(|d| !d.is_empty())
+            }
         };
-        if own_mailbox {
+        if exists_on_its_own {
             return Ok(Reply::NotFound);
         }
         self.ask(map, stripped).await

@@ -214,14 +214,23 @@ pub fn login(raw: &str) -> Result<Address, LoginError> {
     if raw.len() > 4 * (MAX_LOCAL_PART + 1 + MAX_DOMAIN) {
         return Err(LoginError::TooLong);
     }
-    let lowered = raw.trim_matches(is_trimmed).to_lowercase();
-    let trimmed = lowered.trim_matches(is_trimmed);
-    if trimmed
+    // The local part must be ASCII as typed: Unicode lower-casing would turn look-
+    // alikes such as the Kelvin sign (U+212A) into ASCII letters.
+    let raw = raw.trim_matches(is_trimmed);
+    if raw
         .chars()
         .any(|c| is_invisible(c) || c.is_control() || c.is_whitespace())
     {
         return Err(LoginError::InvisibleCharacter);
     }
+    if raw
+        .rsplit_once('@')
+        .is_some_and(|(local, _)| !local.is_ascii())
+    {
+        return Err(LoginError::LocalPartNotAscii);
+    }
+    let lowered = raw.to_lowercase();
+    let trimmed = lowered.trim_matches(is_trimmed);
     let (local, domain) = trimmed.split_once('@').ok_or(LoginError::NotAnAddress)?;
     if local.is_empty() || domain.is_empty() || domain.contains('@') {
         return Err(LoginError::NotAnAddress);
@@ -231,6 +240,8 @@ pub fn login(raw: &str) -> Result<Address, LoginError> {
     }
     let domain = idna::domain_to_ascii_cow(domain.as_bytes(), idna::AsciiDenyList::URL)
         .map_err(|_| LoginError::InvalidDomain)?;
+    // One account, one spelling: the root-anchored `example.org.` is `example.org`.
+    let domain = domain.strip_suffix('.').unwrap_or(&domain);
     if domain.is_empty() || domain.starts_with('.') || domain.contains("..") {
         return Err(LoginError::InvalidDomain);
     }

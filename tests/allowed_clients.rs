@@ -108,3 +108,32 @@ async fn the_default_admits_loopback() {
     assert_eq!(c.ask("domain example.org").await, "OK 1");
     server.shutdown().await;
 }
+
+/// A dual-stack listener (`:port`, upstream's default form) reports IPv4 clients as
+/// `::ffff:a.b.c.d`: they count as their IPv4 address, and IPv6 clients are judged
+/// as IPv6.
+#[tokio::test]
+async fn ipv4_mapped_peers_of_a_dual_stack_listener_count_as_ipv4() {
+    let mut config = loopback_config(Config::for_fixture(demo_fixture()));
+    config.socketmap_listen = ListenAddr::parse(":0").unwrap();
+    config.allowed_clients = AllowedClients::parse("127.0.0.0/8").unwrap();
+    let metrics = Metrics::new().unwrap();
+    let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
+    let server = common::start_with_metrics(config, backend, metrics.clone()).await;
+    let port = server.tcp().port();
+    let v4 = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut c = Client::new(v4);
+    assert_eq!(c.ask("mailbox user@example.org").await, "OK 1");
+    let v6 = TcpStream::connect(("::1", port))
+        .await
+        .expect("IPv6 loopback (the listener is dual-stack)");
+    assert!(closed_at_once(v6, b"20:mailbox user@example.org,").await);
+    assert_eq!(
+        metrics
+            .connections_denied
+            .with_label_values(&["socketmap"])
+            .get(),
+        1
+    );
+    server.shutdown().await;
+}

@@ -33,6 +33,8 @@ impl LookupBackend for Directory {
             "first@example.org" | "broken@example.org" | "mbxdown@example.org" => {
                 vec!["user2@example.org".into()]
             }
+            // An alias of its own whose senders list is empty.
+            "first-sales@example.org" => vec!["sales@elsewhere.example".into()],
             "comma@example.org" => vec!["x@evil.example,root@example.org".into()],
             "space@example.org" => vec!["a@x.org b@y.org".into()],
             "control@example.org" => vec!["a@x.org\u{1}".into()],
@@ -48,7 +50,10 @@ impl LookupBackend for Directory {
         self.record("mailbox", a.as_str())?;
         Ok(matches!(
             a.as_str(),
-            "first-last@example.org" | "user@example.org" | "user2@example.org"
+            "first-last@example.org"
+                | "user@example.org"
+                | "user2@example.org"
+                | "quiet-box@example.org"
         ))
     }
     async fn senders(&self, a: &Address) -> Result<Vec<String>, BackendError> {
@@ -110,6 +115,75 @@ async fn an_address_that_is_a_mailbox_is_never_read_as_an_extension() {
     assert_eq!(
         ask(&s, MapName::Senders, "first-last@example.org").await,
         "OK first-last@example.org"
+    );
+}
+
+#[tokio::test]
+async fn an_address_that_exists_on_its_own_never_borrows_anothers_senders() {
+    let (s, d) = service("-");
+    // A mailbox whose own senders row is empty: nobody may send as it, certainly
+    // not the owners of `quiet@`.
+    assert_eq!(
+        ask(&s, MapName::Senders, "quiet-box@example.org").await,
+        "NOTFOUND"
+    );
+    assert!(!d.calls().iter().any(|c| c == "senders quiet@example.org"));
+    // An alias of its own listing no sender: not first@'s senders either.
+    assert_eq!(
+        ask(&s, MapName::Senders, "first-sales@example.org").await,
+        "NOTFOUND"
+    );
+    assert!(!d.calls().iter().any(|c| c == "senders first@example.org"));
+    // Unknown: first@'s senders.
+    assert_eq!(
+        ask(&s, MapName::Senders, "first-nobody@example.org").await,
+        "OK user2@example.org"
+    );
+}
+
+/// A backend that answers the address as given only after a while: both rounds of
+/// a lookup together keep one deadline.
+#[tokio::test(start_paused = true)]
+async fn both_rounds_of_a_lookup_share_one_deadline() {
+    struct Slow;
+    #[async_trait]
+    impl LookupBackend for Slow {
+        async fn aliases(&self, a: &Address) -> Result<Vec<String>, BackendError> {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            Ok(if a.as_str() == "first@example.org" {
+                vec!["user2@example.org".into()]
+            } else {
+                vec![]
+            })
+        }
+        async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
+            Ok(true)
+        }
+        async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            Ok(false)
+        }
+        async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
+            Ok(vec![])
+        }
+    }
+    // Each call is within the 1 s deadline, the two rounds together are not.
+    let s = LookupService::new(
+        Arc::new(Slow),
+        Normalizer::new("-"),
+        Duration::from_secs(1),
+        Metrics::new().unwrap(),
+    );
+    let started = tokio::time::Instant::now();
+    assert_eq!(
+        ask(&s, MapName::Alias, "first-tag@example.org").await,
+        "TEMP Error fetching aliases"
+    );
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    // Without an extension one round, well within it.
+    assert_eq!(
+        ask(&s, MapName::Alias, "first@example.org").await,
+        "OK user2@example.org"
     );
 }
 

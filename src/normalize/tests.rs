@@ -186,6 +186,14 @@ fn logins_are_canonical_account_names() {
         Err(LoginError::InvisibleCharacter)
     );
     assert_eq!(ok("jösé@example.org"), Err(LoginError::LocalPartNotAscii));
+    // The Kelvin sign lower-cases to an ASCII k: a look-alike, refused as typed.
+    assert_eq!(
+        ok("\u{212a}ate@example.org"),
+        Err(LoginError::LocalPartNotAscii)
+    );
+    // A root-anchored domain is the same account.
+    assert_eq!(ok("user@example.org."), Ok("user@example.org".into()));
+    assert_eq!(ok("user@."), Err(LoginError::InvalidDomain));
     assert_eq!(ok("user"), Err(LoginError::NotAnAddress));
     assert_eq!(ok("a@b@example.org"), Err(LoginError::NotAnAddress));
     assert_eq!(ok("@example.org"), Err(LoginError::NotAnAddress));

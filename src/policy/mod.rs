@@ -308,20 +308,30 @@ impl PolicyService {
                 return dunno("check");
             }
         };
-        let (login, quota) = match self.quota_of(&login).await {
-            // An envelope sender is an address: as Postfix does for its tables, the
-            // address as given first, and only when that names no account the
-            // address without its extension (`user+list@` counts as `user@`, while
-            // an account `first-last@` keeps its own count).
-            Ok(None) if from_sender => match self.without_extension(identity) {
-                Some(stripped) => {
-                    let quota = self.quota_of(&stripped).await;
-                    (stripped, quota)
-                }
-                None => (login, Ok(None)),
-            },
-            quota => (login, quota),
-        };
+        // One deadline for the whole resolution, however many questions it takes.
+        let resolved = tokio::time::timeout(self.settings.timeout, async {
+            match self.backend.smtp_quota(&login).await {
+                // An envelope sender is an address: as Postfix does for its tables,
+                // the address as given first, and only when that names no account the
+                // address without its extension (`user+list@` counts as `user@`,
+                // while an account `first-last@` keeps its own count).
+                Ok(None) if from_sender => match self.without_extension(identity) {
+                    Some(stripped) => {
+                        let quota = self.backend.smtp_quota(&stripped).await;
+                        (stripped, quota)
+                    }
+                    None => (login.clone(), Ok(None)),
+                },
+                quota => (login.clone(), quota),
+            }
+        })
+        .await;
+        let (login, quota) = resolved.unwrap_or_else(|_| {
+            (
+                login.clone(),
+                Err(postfix_adapter_backend::BackendError::Timeout),
+            )
+        });
         let quota = match quota {
             Ok(Some(q)) if !q.is_unlimited() => q,
             Ok(_) => return dunno("check"),
@@ -395,16 +405,6 @@ impl PolicyService {
                 label: "reject",
             }
         }
-    }
-
-    async fn quota_of(
-        &self,
-        login: &postfix_adapter_backend::Address,
-    ) -> Result<Option<postfix_adapter_backend::SmtpQuota>, postfix_adapter_backend::BackendError>
-    {
-        tokio::time::timeout(self.settings.timeout, self.backend.smtp_quota(login))
-            .await
-            .unwrap_or(Err(postfix_adapter_backend::BackendError::Timeout))
     }
 
     /// The canonical account of an envelope sender without its extension, if it

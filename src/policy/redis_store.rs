@@ -314,8 +314,9 @@ impl QuotaStore for RedisStore {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 Ok(Verdict::judge(limits, hour, day))
             }
-            // Redis ran the command and said no: about this request, not the server.
-            Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::ResponseError) => {
+            // Redis ran the script and refused this request's numbers: not the
+            // server's fault, so no reconnect and no strike against the breaker.
+            Ok(Err(e)) if refuses_the_request(&e) => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 Err(StoreError::Rejected(format!(
                     "redis refused the check: {}",
@@ -339,6 +340,19 @@ impl QuotaStore for RedisStore {
     fn name(&self) -> &'static str {
         "redis"
     }
+}
+
+/// Whether Redis refused one request for its own data (a number out of range),
+/// rather than failing as a server. Weights are clamped before they are sent, so
+/// this should never happen; if it does, one client's request must not switch
+/// quotas off for everyone. Every other error, generic `ERR`s included (too many
+/// clients, a missing database, a script that cannot run), is the server's.
+fn refuses_the_request(e: &RedisError) -> bool {
+    if e.kind() != ErrorKind::Server(ServerErrorKind::ResponseError) {
+        return false;
+    }
+    let text = e.to_string();
+    text.contains("not an integer or out of range") || text.contains("would overflow")
 }
 
 /// A connection manager that connects on first use (so `connect` controls how
@@ -413,6 +427,32 @@ fn scrub(text: String, password: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_refusals_of_the_requests_numbers_spare_the_breaker() {
+        let server = |detail: &str| {
+            RedisError::from((
+                ErrorKind::Server(ServerErrorKind::ResponseError),
+                "An error was signalled by the server",
+                detail.to_owned(),
+            ))
+        };
+        assert!(refuses_the_request(&server(
+            "value is not an integer or out of range"
+        )));
+        assert!(refuses_the_request(&server(
+            "increment or decrement would overflow"
+        )));
+        for detail in [
+            "max number of clients reached",
+            "DB index is out of range",
+            "Error running script (call to f_x): @user_script:1: Script attempted to access nonexistent global variable",
+        ] {
+            assert!(!refuses_the_request(&server(detail)), "{detail}");
+        }
+        let io = RedisError::from(std::io::Error::other("connection reset"));
+        assert!(!refuses_the_request(&io));
+    }
 
     #[test]
     fn the_password_is_redacted() {

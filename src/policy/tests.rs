@@ -99,8 +99,8 @@ async fn third_message_in_the_hour_is_rejected() {
 async fn identities_are_canonical_account_names() {
     let s = service(settings());
     s.decide(&eom("Limited@X.org")).await;
-    // Another account (`first-last@` is not `first@`): no quota of its own here,
-    // and not counted against `limited@`.
+    // `limited+tag@` is another account, as `first-last@` is not `first@`: no
+    // quota of its own here, and not counted against `limited@`.
     assert_eq!(
         s.decide(&eom("limited+tag@x.org")).await.action,
         Action::Dunno

@@ -32,6 +32,16 @@ use crate::normalize;
 use crate::protocol::dovecot::Mechanism;
 use crate::resilience::{CircuitBreaker, GuardedBackend};
 
+/// The unit one SMTP client controls, for the in-flight caps and the failure
+/// counters: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6 /64, since
+/// one host usually holds a whole /64 and could otherwise rotate through it.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 /// Settings of the SASL service.
 #[derive(Debug, Clone, Copy)]
 pub struct SaslSettings {
@@ -160,7 +170,7 @@ impl SaslService {
         // requests without one, and its text never becomes a table key.
         let client = client
             .and_then(|c| c.parse::<IpAddr>().ok())
-            .map(canonical_ip);
+            .map(client_network);
         let mut result = self.check(login, password, client).await;
         let label = match &result {
             AuthResult::Success(_) => "success",

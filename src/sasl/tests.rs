@@ -256,3 +256,36 @@ async fn login_checks_have_their_own_breaker() {
     }
     assert_eq!(s.metrics().breaker_state.get(), 0);
 }
+
+#[test]
+fn one_client_is_an_ipv4_address_or_an_ipv6_64() {
+    let n = |s: &str| client_network(s.parse().unwrap()).to_string();
+    assert_eq!(n("192.0.2.7"), "192.0.2.7");
+    assert_eq!(n("::ffff:192.0.2.7"), "192.0.2.7");
+    assert_eq!(n("2001:db8:1:2:3:4:5:6"), "2001:db8:1:2::");
+    assert_eq!(n("2001:db8:1:2:ffff::1"), n("2001:db8:1:2::9"));
+    assert_ne!(n("2001:db8:1:2::1"), n("2001:db8:1:3::1"));
+}
+
+#[tokio::test]
+async fn an_ipv6_client_cannot_dodge_the_cap_by_rotating_through_its_64() {
+    let (s, directory) = service(settings());
+    let mut waiting = Vec::new();
+    for i in 0..4 {
+        let s = s.clone();
+        waiting.push(tokio::spawn(async move {
+            auth(&s, "hang@example.org", "x", &format!("2001:db8::{i}")).await
+        }));
+    }
+    while s.admission.in_flight() < 4 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(
+        auth(&s, "user@example.org", "right", "2001:db8::ffff").await,
+        AuthResult::Unavailable
+    );
+    directory.release.notify_waiters();
+    for w in waiting {
+        w.await.unwrap();
+    }
+}

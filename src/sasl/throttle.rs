@@ -121,8 +121,13 @@ impl Throttle {
     fn record(&self, keys: [Option<Key>; 2]) -> Duration {
         let mut highest = 0;
         for key in keys.into_iter().flatten() {
-            let n = self.failures.get(&key).unwrap_or(0).saturating_add(1);
-            self.failures.insert(key, n);
+            // Atomic per key: concurrent failures must not overwrite each other's
+            // count (a get-then-insert lost increments under a guessing burst).
+            let n = self
+                .failures
+                .entry(key)
+                .and_upsert_with(|old| old.map_or(0, |e| *e.value()).saturating_add(1))
+                .into_value();
             highest = highest.max(n);
         }
         // A first failure with no key at all still waits the base delay.
@@ -208,6 +213,26 @@ mod tests {
             Duration::from_millis(100),
             "no key, still the base delay"
         );
+    }
+
+    #[test]
+    fn concurrent_failures_are_all_counted() {
+        let t = std::sync::Arc::new(throttle(0));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let t = t.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..250 {
+                        t.record_failure("u@x", ip("192.0.2.1"));
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
+        }
+        assert_eq!(t.failures("u@x", None), 2000);
+        assert_eq!(t.failures("nobody@x", ip("192.0.2.1")), 2000);
     }
 
     #[test]
