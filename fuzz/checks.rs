@@ -10,8 +10,8 @@
 use bytes::{Bytes, BytesMut};
 use userli_postfix_adapter::normalize::Normalizer;
 use userli_postfix_adapter::protocol::dovecot::{
-    ClientLine, cont_line, decode_base64, fail_line, ok_line, parse_client_line, parse_handshake,
-    parse_plain,
+    ClientLine, LineDecoder, LineTooLong, MAX_LINE, cont_line, decode_base64, fail_line,
+    login_credentials, ok_line, parse_client_line, parse_handshake, parse_plain,
 };
 use userli_postfix_adapter::protocol::netstring::{self, NetstringDecoder, NetstringError};
 use userli_postfix_adapter::protocol::policy::{
@@ -166,8 +166,19 @@ fn decode_policy(
     (requests, Ok(buf.len()))
 }
 
-/// The Dovecot auth line parsers and the replies built from client-controlled fields.
+/// The Dovecot auth line framing (split reads decode alike, never more than one
+/// maximal line buffered), the line parsers, and the replies built from
+/// client-controlled fields.
 pub(crate) fn dovecot_line(data: &[u8]) {
+    if let Some((&control, input)) = data.split_first() {
+        let read_size = usize::from(control) + 1;
+        let whole = decode_lines(input, input.len().max(1));
+        let split = decode_lines(input, read_size);
+        assert_eq!(whole, split, "split reads decode differently");
+        for line in &whole.0 {
+            assert!(!line.contains('\n'));
+        }
+    }
     let line = String::from_utf8_lossy(data);
     let _ = parse_handshake(&line);
     let (id, response) = match parse_client_line(&line) {
@@ -185,6 +196,37 @@ pub(crate) fn dovecot_line(data: &[u8]) {
         check_plain(&payload);
     }
     check_plain(data);
+    // AUTH LOGIN's two answers, from any two halves of the input.
+    let middle = line
+        .char_indices()
+        .map(|(i, _)| i)
+        .nth(line.chars().count() / 2)
+        .unwrap_or(line.len());
+    let (user, password) = line.split_at(middle);
+    if let Ok((login, password)) = login_credentials(user, password) {
+        assert!(!login.is_empty() && !password.is_empty());
+    }
+}
+
+fn decode_lines(input: &[u8], read_size: usize) -> (Vec<String>, Result<usize, LineTooLong>) {
+    let mut decoder = LineDecoder;
+    let mut buf = BytesMut::new();
+    let mut lines = Vec::new();
+    for read in input.chunks(read_size) {
+        buf.extend_from_slice(read);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(line)) => lines.push(line),
+                Ok(None) => break,
+                Err(e) => return (lines, Err(e)),
+            }
+        }
+        assert!(
+            buf.len() <= MAX_LINE,
+            "a partial line beyond the limit is kept"
+        );
+    }
+    (lines, Ok(buf.len()))
 }
 
 fn check_plain(payload: &[u8]) {

@@ -8,9 +8,45 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use bytes::{Buf, BytesMut};
 
 /// Dovecot's maximum line length, which Postfix respects.
 pub const MAX_LINE: usize = 16384;
+
+/// A line longer than [`MAX_LINE`]: the connection is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("line too long")]
+pub struct LineTooLong;
+
+/// Splits a byte stream into lines of at most [`MAX_LINE`] bytes (`\n` ends a line,
+/// a `\r` before it is dropped; bytes that are not UTF-8 become U+FFFD).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LineDecoder;
+
+impl LineDecoder {
+    /// Takes one complete line off the front of `buf`; `Ok(None)` while it is
+    /// incomplete.
+    ///
+    /// # Errors
+    /// [`LineTooLong`] as soon as the line in `buf` exceeds [`MAX_LINE`], complete
+    /// or not, so at most one maximal line is ever buffered.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<String>, LineTooLong> {
+        let Some(end) = buf.iter().position(|&b| b == b'\n') else {
+            return if buf.len() > MAX_LINE {
+                Err(LineTooLong)
+            } else {
+                Ok(None)
+            };
+        };
+        if end > MAX_LINE {
+            return Err(LineTooLong);
+        }
+        let line = buf.split_to(end);
+        buf.advance(1);
+        let line = line.strip_suffix(b"\r").unwrap_or(&line);
+        Ok(Some(String::from_utf8_lossy(line).into_owned()))
+    }
+}
 
 /// The server handshake. `MECH` lines come before `SPID`: Postfix 3.0+ takes a
 /// `SPID` without an earlier `MECH` for the wrong (master) socket and gives up.
@@ -176,6 +212,20 @@ pub enum SaslError {
 /// [`SaslError::Base64`].
 pub fn decode_base64(data: &str) -> Result<Vec<u8>, SaslError> {
     STANDARD.decode(data.trim()).map_err(|_| SaslError::Base64)
+}
+
+/// Login and password from the two base64 answers of `AUTH LOGIN`.
+///
+/// # Errors
+/// [`SaslError`] for bad base64, an empty field or a login that is not UTF-8.
+pub fn login_credentials(user: &str, password: &str) -> Result<(String, Vec<u8>), SaslError> {
+    let user = decode_base64(user)?;
+    let password = decode_base64(password)?;
+    if user.is_empty() || password.is_empty() {
+        return Err(SaslError::Empty);
+    }
+    let user = String::from_utf8(user).map_err(|_| SaslError::LoginNotUtf8)?;
+    Ok((user, password))
 }
 
 /// Login and password from a decoded PLAIN payload. The password stays bytes: it
@@ -357,5 +407,79 @@ mod tests {
             let _ = parse_handshake(&line);
             let _ = parse_plain(&bytes);
         }
+
+        #[test]
+        fn any_split_gives_the_same_lines(
+            input in proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'\t'), any::<u8>()], 0..300),
+            cuts in proptest::collection::vec(0usize..300, 0..10),
+        ) {
+            let whole = decode_lines(&[&input]);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(input.len())).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut last = 0;
+            for cut in cuts.into_iter().chain([input.len()]) {
+                pieces.push(&input[last..cut]);
+                last = cut;
+            }
+            prop_assert_eq!(decode_lines(&pieces), whole);
+        }
+    }
+
+    /// Every line decoded from `pieces` arriving one after another, the error if
+    /// any, and what is left buffered.
+    fn decode_lines(pieces: &[&[u8]]) -> (Vec<String>, Option<LineTooLong>, usize) {
+        let mut d = LineDecoder;
+        let mut buf = BytesMut::new();
+        let mut lines = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match d.decode(&mut buf) {
+                    Ok(Some(line)) => lines.push(line),
+                    Ok(None) => break,
+                    Err(e) => return (lines, Some(e), buf.len()),
+                }
+            }
+        }
+        (lines, None, buf.len())
+    }
+
+    #[test]
+    fn lines_are_split_bounded_and_lossy() {
+        let (lines, err, left) = decode_lines(&[b"VERSION\t1\t0\r\nCPID\t7\n\xffx\npart"]);
+        assert_eq!(lines, ["VERSION\t1\t0", "CPID\t7", "\u{fffd}x"]);
+        assert_eq!((err, left), (None, 4));
+        let long = vec![b'a'; MAX_LINE + 1];
+        assert_eq!(
+            decode_lines(&[&long]).1,
+            Some(LineTooLong),
+            "incomplete, already too long"
+        );
+        let mut exact = vec![b'a'; MAX_LINE];
+        exact.push(b'\n');
+        assert_eq!(
+            decode_lines(&[&exact]).0.len(),
+            1,
+            "MAX_LINE itself is fine"
+        );
+    }
+
+    #[test]
+    fn login_answers_decode() {
+        let b64 = |s: &[u8]| STANDARD.encode(s);
+        assert_eq!(
+            login_credentials(&b64(b"user@x"), &b64(b"pw\0x")),
+            Ok(("user@x".to_owned(), b"pw\0x".to_vec()))
+        );
+        assert_eq!(
+            login_credentials(&b64(b""), &b64(b"pw")),
+            Err(SaslError::Empty)
+        );
+        assert_eq!(login_credentials("!", &b64(b"pw")), Err(SaslError::Base64));
+        assert_eq!(
+            login_credentials(&b64(b"\xff"), &b64(b"pw")),
+            Err(SaslError::LoginNotUtf8)
+        );
     }
 }

@@ -5,6 +5,7 @@
 //! the deadlines.
 
 pub mod dovecot;
+pub mod framing;
 pub mod netstring;
 pub mod policy;
 pub mod socketmap;

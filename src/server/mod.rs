@@ -5,6 +5,7 @@
 //! back-off, draining at shutdown) is shared, so the socketmap server and later
 //! servers behave alike.
 
+mod connection;
 mod listener;
 mod read_deadlines;
 use read_deadlines::ReadDeadlines;

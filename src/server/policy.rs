@@ -7,14 +7,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::policy::PolicyService;
 use crate::protocol::policy::PolicyDecoder;
 
-use super::{ConnectionHandler, ReadDeadlines};
+use super::ConnectionHandler;
+use super::connection::{Closed, Connection, Wait};
 
 /// Limits of one policy connection.
 #[derive(Debug, Clone, Copy)]
@@ -41,71 +41,39 @@ impl PolicyHandler {
 }
 
 impl ConnectionHandler for PolicyHandler {
-    async fn serve<S>(self: Arc<Self>, mut stream: S, shutdown: CancellationToken)
+    async fn serve<S>(self: Arc<Self>, stream: S, shutdown: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let mut decoder = PolicyDecoder::default();
-        let mut buf = BytesMut::with_capacity(4096);
-        let mut deadlines = ReadDeadlines::new(self.limits.io_timeout);
+        let mut conn = Connection::new(
+            stream,
+            PolicyDecoder::default(),
+            self.limits.io_timeout,
+            4096,
+        );
+        let wait = Wait {
+            idle: self.limits.idle_timeout,
+            shutdown: Some(&shutdown),
+        };
         loop {
-            loop {
-                match decoder.decode(&mut buf) {
-                    Ok(Some(request)) => {
-                        deadlines.request_complete();
-                        let decision = self.service.decide(&request).await;
-                        let reply = decision.action.render();
-                        let written =
-                            tokio::time::timeout(self.limits.io_timeout, stream.write_all(&reply))
-                                .await;
-                        if !matches!(written, Ok(Ok(()))) {
-                            tracing::debug!("policy reply not written, closing connection");
-                            return;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(e) => {
-                        // The protocol's rule for a server in trouble: no reply, log, close.
-                        tracing::warn!(error = %e, "malformed policy request, closing connection");
-                        return;
-                    }
-                }
-            }
-            let mid_request = decoder.in_request(&buf);
-            if !mid_request {
-                // Stray empty lines between requests start nothing.
-                deadlines.request_complete();
-                if shutdown.is_cancelled() && deadlines.drained() {
+            let request = match conn.next(wait).await {
+                Ok(Some(request)) => request,
+                Ok(None) => return,
+                Err(Closed::Decode(e)) => {
+                    // The protocol's rule for a server in trouble: no reply, log, close.
+                    tracing::warn!(error = %e, "malformed policy request, closing connection");
                     return;
                 }
-            }
-            let mut read = std::pin::pin!(stream.read_buf(&mut buf));
-            let result = if mid_request {
-                tokio::time::timeout_at(deadlines.request_deadline(), read)
-                    .await
-                    .ok()
-            } else if shutdown.is_cancelled() {
-                deadlines.drain(read).await
-            } else {
-                let idle_limit = async {
-                    match self.limits.idle_timeout {
-                        Some(d) => tokio::time::sleep(d).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                tokio::select! {
-                    () = shutdown.cancelled() => deadlines.drain(&mut read).await,
-                    r = &mut read => Some(r),
-                    () = idle_limit => None,
-                }
-            };
-            match result {
-                Some(Ok(n)) if n > 0 => {}
-                Some(Err(e)) => {
+                Err(Closed::Io(e)) => {
                     tracing::debug!(error = %e, "policy connection error");
                     return;
                 }
-                _ => return,
+                Err(Closed::ReadTimeout | Closed::WriteTimeout) => return,
+            };
+            let decision = self.service.decide(&request).await;
+            if conn.write(&decision.action.render()).await.is_err() {
+                tracing::debug!("policy reply not written, closing connection");
+                return;
             }
         }
     }

@@ -10,16 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::dovecot::{
-    self, AuthRequest, ClientLine, HandshakeLine, MAX_LINE, Mechanism, SaslError,
+    self, AuthRequest, ClientLine, HandshakeLine, LineDecoder, LineTooLong, Mechanism,
 };
 use crate::sasl::{AuthResult, SaslService};
 
-use super::{ConnectionHandler, ReadDeadlines};
+use super::ConnectionHandler;
+use super::connection::{Closed, Connection, Wait};
 
 /// How long Postfix may take to relay the SMTP client's next `CONT` answer
 /// (`smtpd_timeout`, 300 s, plus a margin).
@@ -55,116 +55,62 @@ enum End {
     Violation(String),
     /// The backend could not check a password: drop so Postfix answers 454.
     Unavailable,
-    /// Shutdown while idle.
-    Shutdown,
 }
 
-/// Reads bounded lines.
-struct Lines<'a, S> {
-    stream: &'a mut S,
-    buf: BytesMut,
-    /// Each line must be complete within the I/O timeout of its first byte.
-    deadlines: ReadDeadlines,
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> Lines<'_, S> {
-    /// The next line, waiting at most `limit` (`None`: forever) or until shutdown
-    /// when `shutdown` is given and nothing is buffered.
-    async fn next(
-        &mut self,
-        limit: Option<Duration>,
-        shutdown: Option<&CancellationToken>,
-    ) -> Result<String, End> {
-        loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == b'\n') {
-                if end > MAX_LINE {
-                    return Err(End::Violation("line too long".into()));
-                }
-                let line = self.buf.split_to(end);
-                self.buf.advance(1);
-                self.deadlines.request_complete();
-                let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                return Ok(String::from_utf8_lossy(line).into_owned());
-            }
-            if self.buf.len() > MAX_LINE {
-                return Err(End::Violation("line too long".into()));
-            }
-            self.buf.reserve(1024);
-            let idle = self.buf.is_empty();
-            if idle {
-                self.deadlines.request_complete();
-                if self.deadlines.drained() && shutdown.is_some_and(CancellationToken::is_cancelled)
-                {
-                    return Err(End::Shutdown);
-                }
-            }
-            let mut read = std::pin::pin!(self.stream.read_buf(&mut self.buf));
-            let n = match (limit, shutdown) {
-                _ if !idle => tokio::time::timeout_at(self.deadlines.request_deadline(), read)
-                    .await
-                    .map_err(|_| End::Closed)?,
-                (_, Some(token)) => tokio::select! {
-                    () = token.cancelled() => match self.deadlines.drain(&mut read).await {
-                        Some(r) => r,
-                        None => return Err(End::Shutdown),
-                    },
-                    r = &mut read => r,
-                },
-                (Some(d), _) => tokio::time::timeout(d, read)
-                    .await
-                    .map_err(|_| End::Closed)?,
-                (None, _) => read.await,
-            }
-            .map_err(|_| End::Closed)?;
-            if n == 0 {
-                return Err(End::Closed);
-            }
+impl From<Closed<LineTooLong>> for End {
+    fn from(closed: Closed<LineTooLong>) -> Self {
+        match closed {
+            Closed::Decode(e) => Self::Violation(e.to_string()),
+            Closed::ReadTimeout | Closed::WriteTimeout | Closed::Io(_) => Self::Closed,
         }
     }
 }
 
+/// The next line, or [`End::Closed`] when the connection ended instead.
+async fn next_line<S>(conn: &mut Lines<S>, wait: Wait<'_>) -> Result<String, End>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.next(wait).await?.ok_or(End::Closed)
+}
+
+type Lines<S> = Connection<S, LineDecoder>;
+
 impl ConnectionHandler for SaslHandler {
-    async fn serve<S>(self: Arc<Self>, mut stream: S, shutdown: CancellationToken)
+    async fn serve<S>(self: Arc<Self>, stream: S, shutdown: CancellationToken)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        match self.run(&mut stream, &shutdown).await {
+        let mut conn = Connection::new(stream, LineDecoder, self.io_timeout, 1024);
+        match self.run(&mut conn, &shutdown).await {
             End::Violation(why) => {
                 tracing::warn!(error = why, "SASL protocol error, closing connection")
             }
             End::Unavailable => tracing::debug!("auth connection dropped: backend unavailable"),
-            End::Closed | End::Shutdown => {}
+            End::Closed => {}
         }
-        let _ = stream.shutdown().await;
+        conn.shutdown().await;
     }
 }
 
 impl SaslHandler {
-    async fn write<S: AsyncWrite + Unpin>(&self, stream: &mut S, text: &str) -> Result<(), End> {
-        match tokio::time::timeout(self.io_timeout, stream.write_all(text.as_bytes())).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(End::Closed),
-        }
-    }
-
-    async fn run<S>(&self, stream: &mut S, shutdown: &CancellationToken) -> End
+    async fn run<S>(&self, conn: &mut Lines<S>, shutdown: &CancellationToken) -> End
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let connection = CONNECTION_IDS.fetch_add(1, Ordering::Relaxed);
         let handshake =
             dovecot::server_handshake(std::process::id(), connection, &cookie(connection));
-        if let Err(end) = self.write(stream, &handshake).await {
-            return end;
+        if let Err(closed) = conn.write(handshake.as_bytes()).await {
+            return closed.into();
         }
-        let mut lines = Lines {
-            stream,
-            buf: BytesMut::with_capacity(1024),
-            deadlines: ReadDeadlines::new(self.io_timeout),
+        let handshake_wait = Wait {
+            idle: Some(self.io_timeout),
+            shutdown: None,
         };
         let (mut version, mut cpid) = (false, false);
         while !(version && cpid) {
-            let line = match lines.next(Some(self.io_timeout), None).await {
+            let line = match next_line(conn, handshake_wait).await {
                 Ok(l) => l,
                 Err(end) => return end,
             };
@@ -176,31 +122,37 @@ impl SaslHandler {
             }
         }
 
+        // No idle timeout: an smtpd process keeps its auth connection for life.
+        let request_wait = Wait {
+            idle: None,
+            shutdown: Some(shutdown),
+        };
         let mut pending: Option<String> = None;
         loop {
             let line = match pending.take() {
                 Some(l) => l,
-                None => match lines.next(None, Some(shutdown)).await {
-                    Ok(l) => l,
-                    Err(end) => return end,
+                None => match conn.next(request_wait).await {
+                    Ok(Some(l)) => l,
+                    Ok(None) => return End::Closed,
+                    Err(closed) => return closed.into(),
                 },
             };
             let request = match dovecot::parse_client_line(&line) {
                 ClientLine::Auth(r) => r,
                 ClientLine::InvalidAuth => {
                     let reply = dovecot::fail_line("0", None, "Invalid AUTH request");
-                    if let Err(end) = self.write(lines.stream, &reply).await {
-                        return end;
+                    if let Err(closed) = conn.write(reply.as_bytes()).await {
+                        return closed.into();
                     }
                     continue;
                 }
                 // Stray CONT lines (an abandoned exchange) and unknown commands.
                 ClientLine::Cont { .. } | ClientLine::Other => continue,
             };
-            match self.auth(&mut lines, &request).await {
+            match self.auth(conn, &request).await {
                 Ok(Step::Reply(reply)) => {
-                    if let Err(end) = self.write(lines.stream, &reply).await {
-                        return end;
+                    if let Err(closed) = conn.write(reply.as_bytes()).await {
+                        return closed.into();
                     }
                 }
                 // The client gave up (Postfix sends nothing for `*`) and started anew.
@@ -210,7 +162,7 @@ impl SaslHandler {
         }
     }
 
-    async fn auth<S>(&self, lines: &mut Lines<'_, S>, request: &AuthRequest) -> Result<Step, End>
+    async fn auth<S>(&self, conn: &mut Lines<S>, request: &AuthRequest) -> Result<Step, End>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -227,7 +179,7 @@ impl SaslHandler {
             Mechanism::Plain => {
                 let response = match request.initial_response.as_deref() {
                     Some(r) if !r.is_empty() => r.to_owned(),
-                    _ => match self.challenge(lines, id, b"").await? {
+                    _ => match self.challenge(conn, id, b"").await? {
                         Ok(r) => r,
                         Err(next) => return Ok(Step::Abandoned(next)),
                     },
@@ -237,16 +189,16 @@ impl SaslHandler {
             Mechanism::Login => {
                 let user = match request.initial_response.as_deref() {
                     Some(r) if !r.is_empty() => r.to_owned(),
-                    _ => match self.challenge(lines, id, b"Username:").await? {
+                    _ => match self.challenge(conn, id, b"Username:").await? {
                         Ok(r) => r,
                         Err(next) => return Ok(Step::Abandoned(next)),
                     },
                 };
-                let password = match self.challenge(lines, id, b"Password:").await? {
+                let password = match self.challenge(conn, id, b"Password:").await? {
                     Ok(r) => r,
                     Err(next) => return Ok(Step::Abandoned(next)),
                 };
-                login_credentials(&user, &password)
+                dovecot::login_credentials(&user, &password)
             }
         };
         let (login, password) = match credentials {
@@ -274,17 +226,21 @@ impl SaslHandler {
     /// client abandoned the exchange and sent a new `AUTH` instead.
     async fn challenge<S>(
         &self,
-        lines: &mut Lines<'_, S>,
+        conn: &mut Lines<S>,
         id: &str,
         challenge: &[u8],
     ) -> Result<Result<String, String>, End>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        self.write(lines.stream, &dovecot::cont_line(id, challenge))
+        conn.write(dovecot::cont_line(id, challenge).as_bytes())
             .await?;
+        let wait = Wait {
+            idle: Some(CONT_TIMEOUT),
+            shutdown: None,
+        };
         loop {
-            let line = lines.next(Some(CONT_TIMEOUT), None).await?;
+            let line = next_line(conn, wait).await?;
             match dovecot::parse_client_line(&line) {
                 ClientLine::Cont { id: got, data } if got == id => return Ok(Ok(data)),
                 ClientLine::Auth(_) | ClientLine::InvalidAuth => return Ok(Err(line)),
@@ -300,16 +256,6 @@ enum Step {
     Reply(String),
     /// The client started a new request with this line.
     Abandoned(String),
-}
-
-fn login_credentials(user: &str, password: &str) -> Result<(String, Vec<u8>), SaslError> {
-    let user = dovecot::decode_base64(user)?;
-    let password = dovecot::decode_base64(password)?;
-    if user.is_empty() || password.is_empty() {
-        return Err(SaslError::Empty);
-    }
-    let user = String::from_utf8(user).map_err(|_| SaslError::LoginNotUtf8)?;
-    Ok((user, password))
 }
 
 /// 32 hex characters, different for every connection and unpredictable: two

@@ -1,10 +1,13 @@
 use super::*;
 use crate::metrics::Metrics;
+use crate::protocol::dovecot::MAX_LINE;
 use crate::sasl::{SaslMetrics, SaslSettings, ThrottleSettings};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use postfix_adapter_backend::{Address, AuthOutcome, BackendError, LookupBackend, async_trait};
-use tokio::io::{AsyncBufReadExt, BufReader, DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{
+    AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf,
+};
 
 struct Users;
 

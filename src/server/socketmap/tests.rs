@@ -1,9 +1,10 @@
 use super::*;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
+use bytes::BytesMut;
 use postfix_adapter_backend::{Address, BackendError, LookupBackend, async_trait};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use tokio::io::DuplexStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// A tiny backend: `user@example.org` exists, `alias@example.org` goes to two
 /// addresses, `example.org` is a domain; `fail@...` and `failing.org` error;
