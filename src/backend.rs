@@ -4,9 +4,11 @@ use std::sync::Arc;
 
 use postfix_adapter_backend::LookupBackend;
 
+use crate::cache::{CacheSettings, CachedBackend};
 #[allow(unused_imports)]
 use crate::config::{BackendKind, Config};
 use crate::metrics::Metrics;
+use crate::resilience::{CircuitBreaker, GuardedBackend};
 
 /// The configured backend could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +45,7 @@ pub fn build_backend(
             // Callers get their answer (or stale, or TEMP) at the engine's deadline;
             // the request itself may run a little longer so a slow but alive userli
             // still fills the cache.
-            userli.timeout = crate::backend_call_timeout(config);
+            userli.timeout = config.backend_call_timeout();
             userli.max_idle_per_host = config.backend_max_concurrency;
             let backend = UserliBackend::new(userli, Some(metrics.registry()))
                 .map_err(|e| BuildError::Backend(e.to_string()))?;
@@ -80,4 +82,38 @@ pub async fn reload(backend: &dyn LookupBackend, metrics: &Metrics) -> bool {
             false
         }
     }
+}
+
+/// Wraps `backend` in the breaker, the concurrency limit and the cache, in that
+/// order from the inside out.
+pub fn protect(
+    backend: Arc<dyn LookupBackend>,
+    config: &Config,
+    metrics: &Metrics,
+) -> (Arc<dyn LookupBackend>, Arc<CircuitBreaker>) {
+    let breaker = Arc::new(CircuitBreaker::new(
+        config.breaker_failures,
+        config.breaker_cooldown,
+        metrics.breaker_state.clone(),
+    ));
+    let guarded = Arc::new(GuardedBackend::new(
+        backend,
+        breaker.clone(),
+        config.backend_max_concurrency,
+        metrics.backend_in_flight.clone(),
+    ));
+    let settings = CacheSettings {
+        positive_ttl: config.cache_ttl,
+        negative_ttl: config.negative_cache_ttl,
+        stale_ttl: config.cache_stale_ttl,
+        max_entries: config.cache_size,
+        deadline: config.lookup_timeout,
+        call_timeout: config.backend_call_timeout(),
+    };
+    let cached = Arc::new(CachedBackend::new(
+        guarded,
+        settings,
+        metrics.lookup_cache.clone(),
+    ));
+    (cached, breaker)
 }

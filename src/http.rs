@@ -18,7 +18,10 @@ use crate::access::AllowedClients;
 use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use crate::resilience::{BreakerState, CircuitBreaker};
+use crate::server::BoundListener;
 use prometheus::IntCounter;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 /// How long `/ready` waits for the backend's health check (upstream: 2 s).
 pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -189,6 +192,52 @@ async fn not_found() -> Response {
         "404 page not found\n",
     )
         .into_response()
+}
+
+/// Serves `/metrics`, `/health` and `/ready` on every listener until `stop`.
+pub(crate) fn serve(
+    listeners: Vec<BoundListener>,
+    state: HttpState,
+    allowed: &Arc<AllowedClients>,
+    stop: &CancellationToken,
+) -> Vec<JoinHandle<()>> {
+    listeners
+        .into_iter()
+        .map(|listener| {
+            tracing::info!(addr = %listener.local_addr(), "metrics server listening");
+            let app = router(state.clone());
+            let stop = stop.clone();
+            let allowed = allowed.clone();
+            let denied = state
+                .metrics
+                .connections_denied
+                .with_label_values(&["metrics"]);
+            tokio::spawn(async move {
+                let result = match listener {
+                    BoundListener::Tcp(l) => {
+                        let l = AdmittedTcp::new(l, allowed, denied);
+                        axum::serve(l, app)
+                            .with_graceful_shutdown(stop.cancelled_owned())
+                            .await
+                    }
+                    // The socket file goes when `_file` does, after serving ends.
+                    BoundListener::Unix(l, _file) => {
+                        axum::serve(l, app)
+                            .with_graceful_shutdown(stop.cancelled_owned())
+                            .await
+                    }
+                    BoundListener::InheritedUnix(l) => {
+                        axum::serve(l, app)
+                            .with_graceful_shutdown(stop.cancelled_owned())
+                            .await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "metrics server failed");
+                }
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

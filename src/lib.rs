@@ -1,5 +1,6 @@
 //! userli-postfix-adapter: answers Postfix socketmap lookups (`alias`, `domain`,
-//! `mailbox`, `senders`) from a pluggable [`LookupBackend`].
+//! `mailbox`, `senders`), policy (sending quota) requests and Dovecot-protocol SMTP
+//! AUTH from a pluggable [`LookupBackend`].
 //!
 //! The engine owns the protocols, normalisation, deadlines, metrics and the
 //! listeners; a backend (the userli HTTP API, a fixture file, or your own) only
@@ -17,6 +18,23 @@
 //! server.run(async { let _ = tokio::signal::ctrl_c().await; }).await;
 //! # Ok(()) }
 //! ```
+//!
+//! # Module map
+//!
+//! | Module | What it holds |
+//! |---|---|
+//! | [`protocol`] | pure codecs, no I/O: netstring, socketmap grammar, policy and Dovecot lines, the one [`protocol::framing::Decoder`] shape |
+//! | [`server`] | listeners (bind, `ALLOWED_CLIENTS`, socket files), the accept loop, one framed connection type, and each protocol's connection handler |
+//! | [`lookup`], [`normalize`] | the socketmap request path: keys to addresses, Postfix's extension order, deadlines, failure semantics |
+//! | [`cache`], [`resilience`] | around any backend: the answer cache (negative entries, coalescing, stale-on-error), the circuit breaker and the concurrency limit |
+//! | [`policy`] | sending quotas: decisions, sliding windows, embedded and Redis stores, saving the embedded one |
+//! | [`sasl`] | SMTP AUTH decisions: canonical logins, throttling, in-flight caps, the logins' own breaker |
+//! | [`http`] | `/metrics`, `/health`, `/ready` |
+//! | [`config`], [`backend`] | settings from defaults, file and environment; building the configured backend |
+//! | [`access`], [`metrics`], [`logging`] | who may connect; Prometheus metrics; log output |
+//!
+//! This file only wires them: [`Server::bind`] builds every service and binds
+//! every listener, [`Server::run`] serves until shutdown and drains.
 
 pub mod access;
 pub mod backend;
@@ -41,24 +59,22 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cache::{CacheSettings, CachedBackend};
-use crate::config::Config;
+use crate::config::{Config, ListenAddr};
 use crate::http::{HttpState, Readiness};
 use crate::lookup::LookupService;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
-use crate::policy::store::{EmbeddedStore, QuotaStore};
-use crate::policy::{CountMode, PolicyMetrics, PolicyService, PolicySettings};
-use crate::resilience::{CircuitBreaker, GuardedBackend};
+use crate::policy::store::QuotaStore;
+use crate::policy::{CountMode, PolicyMetrics, PolicyService, PolicySettings, StoreFlusher};
+use crate::resilience::CircuitBreaker;
 use crate::sasl::{SaslMetrics, SaslService, SaslSettings, ThrottleSettings};
 use crate::server::policy::{PolicyHandler, PolicyLimits};
 use crate::server::sasl::SaslHandler;
 use crate::server::socketmap::{ConnectionLimits, SocketmapHandler};
-use crate::server::{AcceptContext, BindError, BoundListener, ConnectionMetrics, LocalAddr};
+use crate::server::{BindError, BoundListener, ConnectionMetrics, LocalAddr};
 
 /// A server with every listener bound, ready to [`run`](Server::run).
 ///
@@ -100,7 +116,8 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Binds the socketmap and metrics listeners of `config`.
+    /// Builds every service of `config` and binds its listeners. A listener bound
+    /// before a later one fails is closed again (and its socket file removed).
     ///
     /// # Errors
     /// [`ServerError`] if any listener cannot be bound or the quota store cannot
@@ -116,100 +133,30 @@ impl Server {
             .set(1);
         let mode = config.unix_socket_mode;
         let socketmap = server::bind(&config.socketmap_listen, mode).await?;
-        let http = match server::bind(&config.metrics_listen, mode).await {
-            Ok(l) => l,
-            Err(e) => {
-                server::remove_unix_sockets(&socketmap);
-                return Err(e.into());
-            }
-        };
-        let policy_listeners = match &config.policy_listen {
-            None => Vec::new(),
-            Some(addr) => match server::bind(addr, mode).await {
-                Ok(l) => l,
-                Err(e) => {
-                    server::remove_unix_sockets(&socketmap);
-                    server::remove_unix_sockets(&http);
-                    return Err(e.into());
-                }
-            },
-        };
-        let sasl_listeners = match &config.sasl_listen {
-            None => Vec::new(),
-            Some(addr) => match server::bind(addr, mode).await {
-                Ok(l) => l,
-                Err(e) => {
-                    for l in [&socketmap, &http, &policy_listeners] {
-                        server::remove_unix_sockets(l);
-                    }
-                    return Err(e.into());
-                }
-            },
-        };
+        let http = server::bind(&config.metrics_listen, mode).await?;
+        let policy_listeners = bind_optional(config.policy_listen.as_ref(), mode).await?;
+        let sasl_listeners = bind_optional(config.sasl_listen.as_ref(), mode).await?;
+
         // Password checks go to the bare backend through their own breaker and
         // slots (see `sasl`): a login flood must never starve lookups.
         let auth_backend = backend.clone();
-        let (backend, breaker) = protect(backend, &config, &metrics);
-        // The cache keeps the deadline itself, so it can answer stale in time.
-        let policy = if policy_listeners.is_empty() {
-            None
-        } else {
-            let store = match open_store(&config).await {
-                Ok(s) => s,
-                Err(e) => {
-                    for l in [&socketmap, &http, &policy_listeners, &sasl_listeners] {
-                        server::remove_unix_sockets(l);
-                    }
-                    return Err(e);
-                }
-            };
-            let service = PolicyService::new(
-                backend.clone(),
-                store,
-                Normalizer::new(&config.recipient_delimiter),
-                PolicySettings {
-                    message: config.rate_limit_message.clone(),
-                    defer_over_quota: config.policy_defer_over_quota,
-                    fail_closed: config.policy_fail_closed,
-                    sender_fallback: config.policy_sender_fallback,
-                    count: if config.policy_count_recipients {
-                        CountMode::Recipients
-                    } else {
-                        CountMode::Messages
-                    },
-                    timeout: config.lookup_timeout,
-                    // The backend's breaker settings serve the store too: both say
-                    // how soon to stop waiting for something that keeps failing.
-                    store_breaker_failures: config.breaker_failures,
-                    store_breaker_cooldown: config.breaker_cooldown,
-                },
-                PolicyMetrics::register(&metrics).map_err(ServerError::Metrics)?,
-            );
-            Some((Arc::new(service), policy_listeners))
+        let (backend, breaker) = backend::protect(backend, &config, &metrics);
+        let policy = match policy_listeners {
+            None => None,
+            Some(listeners) => {
+                let store = policy::open_store(&config).await?;
+                let service = policy_service(&config, backend.clone(), store, &metrics)?;
+                Some((Arc::new(service), listeners))
+            }
         };
-        let sasl = if sasl_listeners.is_empty() {
-            None
-        } else {
-            let service = SaslService::new(
-                auth_backend,
-                SaslSettings {
-                    timeout: config.lookup_timeout,
-                    throttle: ThrottleSettings {
-                        base_delay: config.sasl_failure_delay,
-                        max_delay: config.sasl_max_failure_delay,
-                        lockout_failures: config.sasl_lockout_failures,
-                        window: config.sasl_failure_window,
-                    },
-                    max_checks: config.sasl_max_checks,
-                    max_checks_per_client: config.sasl_max_checks_per_client,
-                    breaker_failures: config.breaker_failures,
-                    breaker_cooldown: config.breaker_cooldown,
-                },
-                SaslMetrics::register(&metrics).map_err(ServerError::Metrics)?,
-            );
-            Some((Arc::new(service), sasl_listeners))
+        let sasl = match sasl_listeners {
+            None => None,
+            Some(listeners) => {
+                let service = sasl_service(&config, auth_backend, &metrics)?;
+                Some((Arc::new(service), listeners))
+            }
         };
-        // The cache keeps the deadline itself, so it can answer stale in time.
+        // The cache keeps the per-call deadline itself, so it can answer stale in time.
         let service = Arc::new(
             LookupService::new(
                 backend,
@@ -283,253 +230,148 @@ impl Server {
             policy,
             sasl,
         } = self;
-        let token = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let unix_sockets: Vec<_> = socketmap
-            .iter()
-            .chain(http.iter())
-            .chain(policy.iter().flat_map(|(_, ls)| ls.iter()))
-            .chain(sasl.iter().flat_map(|(_, ls)| ls.iter()))
-            .filter_map(|l| match l {
-                BoundListener::Unix(_, p) => Some(p.clone()),
-                BoundListener::Tcp(_) | BoundListener::InheritedUnix(_) => None,
-            })
-            .collect();
+        let mut services = server::Services {
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            allowed: Arc::new(config.allowed_clients.clone()),
+            max_connections: config.max_connections,
+            metrics: &metrics,
+            accept_loops: Vec::new(),
+        };
 
-        let handler = Arc::new(SocketmapHandler::new(
+        let handler = SocketmapHandler::new(
             service.clone(),
             ConnectionLimits {
                 max_request_size: config.max_request_size,
                 idle_timeout: config.idle_timeout,
                 io_timeout: config.io_timeout,
             },
-        ));
-        let allowed = Arc::new(config.allowed_clients.clone());
-        let ctx = AcceptContext {
-            slots: Arc::new(Semaphore::new(config.max_connections)),
-            metrics: ConnectionMetrics::socketmap(&metrics),
-            shutdown: token.clone(),
-            tracker: tracker.clone(),
-            service: "socketmap",
-            allowed: allowed.clone(),
-            denied: metrics.connections_denied.with_label_values(&["socketmap"]),
-        };
-        let mut accept_loops = Vec::new();
-        spawn_accept_loops("socketmap", socketmap, &handler, &ctx, &mut accept_loops);
+        );
+        services.start(
+            "socketmap",
+            socketmap,
+            handler,
+            ConnectionMetrics::socketmap(&metrics),
+        );
 
         let mut flusher = None;
-        if let Some((policy_service, listeners)) = policy {
-            let handler = Arc::new(PolicyHandler::new(
-                policy_service.clone(),
+        if let Some((policy, listeners)) = policy {
+            tracing::info!(store = policy.store().name(), "policy quota store ready");
+            let handler = PolicyHandler::new(
+                policy.clone(),
                 PolicyLimits {
                     idle_timeout: config.policy_idle_timeout,
                     io_timeout: config.io_timeout,
                 },
-            ));
-            let policy_metrics = policy_service.metrics();
-            let ctx = AcceptContext {
-                slots: Arc::new(Semaphore::new(config.max_connections)),
-                metrics: ConnectionMetrics {
-                    active: policy_metrics.active_connections.clone(),
-                    pool_usage: None,
-                    pool_full: policy_metrics.pool_full.clone(),
-                },
-                shutdown: token.clone(),
-                tracker: tracker.clone(),
-                service: "policy",
-                allowed: allowed.clone(),
-                denied: metrics.connections_denied.with_label_values(&["policy"]),
-            };
-            tracing::info!(
-                store = policy_service.store().name(),
-                "policy quota store ready"
             );
-            spawn_accept_loops("policy", listeners, &handler, &ctx, &mut accept_loops);
-            let store = policy_service.store().clone();
-            let stop = token.clone();
-            let save_errors = policy_service
-                .metrics()
-                .store_errors
-                .with_label_values(&["save"]);
-            flusher = Some((
-                store.clone(),
-                save_errors.clone(),
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(STORE_FLUSH_INTERVAL);
-                    loop {
-                        tokio::select! {
-                            () = stop.cancelled() => return,
-                            _ = tick.tick() => {}
-                        }
-                        if let Err(e) = store.flush().await {
-                            // Counted so the store-errors alert fires: quotas still
-                            // hold in memory, but a restart would forget them.
-                            save_errors.inc();
-                            tracing::error!(error = %e, "cannot save the quota windows");
-                        }
-                    }
-                }),
-            ));
+            services.start(
+                "policy",
+                listeners,
+                handler,
+                ConnectionMetrics::policy(policy.metrics()),
+            );
+            flusher = Some(StoreFlusher::spawn(&policy));
         }
 
-        if let Some((sasl_service, listeners)) = sasl {
-            let handler = Arc::new(SaslHandler::new(sasl_service.clone(), config.io_timeout));
-            let sasl_metrics = sasl_service.metrics();
-            let ctx = AcceptContext {
-                slots: Arc::new(Semaphore::new(config.max_connections)),
-                metrics: ConnectionMetrics {
-                    active: sasl_metrics.active_connections.clone(),
-                    pool_usage: None,
-                    pool_full: sasl_metrics.pool_full.clone(),
-                },
-                shutdown: token.clone(),
-                tracker: tracker.clone(),
-                service: "sasl",
-                allowed: allowed.clone(),
-                denied: metrics.connections_denied.with_label_values(&["sasl"]),
-            };
-            spawn_accept_loops("SASL", listeners, &handler, &ctx, &mut accept_loops);
+        if let Some((sasl, listeners)) = sasl {
+            let handler = SaslHandler::new(sasl.clone(), config.io_timeout);
+            services.start(
+                "sasl",
+                listeners,
+                handler,
+                ConnectionMetrics::sasl(sasl.metrics()),
+            );
         }
 
-        let http_state = HttpState {
-            metrics: metrics.clone(),
-            backend: service.backend().clone(),
-            readiness: readiness.clone(),
-            breaker: Some(breaker),
-        };
         let http_stop = CancellationToken::new();
-        let mut http_tasks = Vec::new();
-        for listener in http {
-            tracing::info!(addr = %listener.local_addr(), "metrics server listening");
-            let app = http::router(http_state.clone());
-            let stop = http_stop.clone();
-            let allowed = allowed.clone();
-            let denied = metrics.connections_denied.with_label_values(&["metrics"]);
-            http_tasks.push(tokio::spawn(async move {
-                let result = match listener {
-                    BoundListener::Tcp(l) => {
-                        let l = http::AdmittedTcp::new(l, allowed, denied);
-                        axum::serve(l, app)
-                            .with_graceful_shutdown(stop.cancelled_owned())
-                            .await
-                    }
-                    BoundListener::Unix(l, _) | BoundListener::InheritedUnix(l) => {
-                        axum::serve(l, app)
-                            .with_graceful_shutdown(stop.cancelled_owned())
-                            .await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "metrics server failed");
-                }
-            }));
-        }
+        let http_tasks = http::serve(
+            http,
+            HttpState {
+                metrics: metrics.clone(),
+                backend: service.backend().clone(),
+                readiness: readiness.clone(),
+                breaker: Some(breaker),
+            },
+            &services.allowed,
+            &http_stop,
+        );
         readiness.set_listening();
 
         shutdown.await;
         tracing::info!("Shutting down server...");
         readiness.set_stopping();
-        token.cancel();
-        tracker.close();
-        for task in accept_loops {
-            let _ = task.await;
-        }
-        for path in &unix_sockets {
-            let _ = std::fs::remove_file(path);
-        }
-        if tokio::time::timeout(config.shutdown_grace, tracker.wait())
-            .await
-            .is_ok()
-        {
-            tracing::info!("All connections closed");
-        } else {
-            tracing::warn!(
-                open_connections = tracker.len(),
-                "grace period over, closing remaining connections"
-            );
-        }
-        if let Some((store, save_errors, task)) = flusher {
-            task.abort();
-            if let Err(e) = store.flush().await {
-                save_errors.inc();
-                tracing::error!(error = %e, "cannot save the quota windows at shutdown");
-            }
+        services.drain(config.shutdown_grace).await;
+        if let Some(flusher) = flusher {
+            flusher.finish().await;
         }
         http_stop.cancel();
         for task in http_tasks {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
     }
 }
 
-/// Starts one accept loop per listener, logging `<name> server listening` (tests and
-/// scripts read the addresses from that line).
-fn spawn_accept_loops<H: server::ConnectionHandler>(
-    name: &str,
-    listeners: Vec<BoundListener>,
-    handler: &Arc<H>,
-    ctx: &AcceptContext,
-    loops: &mut Vec<tokio::task::JoinHandle<()>>,
-) {
-    for listener in listeners {
-        tracing::info!(addr = %listener.local_addr(), "{name} server listening");
-        loops.push(tokio::spawn(server::accept_loop(
-            listener,
-            handler.clone(),
-            ctx.clone(),
-        )));
+/// Binds `addr` if the service is on.
+async fn bind_optional(
+    addr: Option<&ListenAddr>,
+    mode: u32,
+) -> Result<Option<Vec<BoundListener>>, BindError> {
+    match addr {
+        None => Ok(None),
+        Some(addr) => server::bind(addr, mode).await.map(Some),
     }
 }
 
-/// How often the embedded quota store is saved; a crash loses at most this much.
-const STORE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Opens the quota store: Redis when `REDIS_URL` is set, else the embedded one.
-async fn open_store(config: &Config) -> Result<Arc<dyn QuotaStore>, ServerError> {
-    if let Some(url) = &config.redis_url {
-        let store =
-            policy::redis_store::RedisStore::connect(url.expose(), config.lookup_timeout).await?;
-        return Ok(Arc::new(store));
-    }
-    Ok(Arc::new(EmbeddedStore::open(&config.state_directory)?))
-}
-
-/// How long a backend call may run in the background after callers gave up, so a
-/// slow but alive backend still fills the cache for the next lookup.
-pub fn backend_call_timeout(config: &Config) -> Duration {
-    config.lookup_timeout * 2
-}
-
-/// Wraps `backend` in the breaker, the concurrency limit and the cache, in that
-/// order from the inside out.
-fn protect(
-    backend: Arc<dyn LookupBackend>,
+fn policy_service(
     config: &Config,
+    backend: Arc<dyn LookupBackend>,
+    store: Arc<dyn QuotaStore>,
     metrics: &Metrics,
-) -> (Arc<dyn LookupBackend>, Arc<CircuitBreaker>) {
-    let breaker = Arc::new(CircuitBreaker::new(
-        config.breaker_failures,
-        config.breaker_cooldown,
-        metrics.breaker_state.clone(),
-    ));
-    let guarded = Arc::new(GuardedBackend::new(
+) -> Result<PolicyService, ServerError> {
+    Ok(PolicyService::new(
         backend,
-        breaker.clone(),
-        config.backend_max_concurrency,
-        metrics.backend_in_flight.clone(),
-    ));
-    let settings = CacheSettings {
-        positive_ttl: config.cache_ttl,
-        negative_ttl: config.negative_cache_ttl,
-        stale_ttl: config.cache_stale_ttl,
-        max_entries: config.cache_size,
-        deadline: config.lookup_timeout,
-        call_timeout: backend_call_timeout(config),
-    };
-    let cached = Arc::new(CachedBackend::new(
-        guarded,
-        settings,
-        metrics.lookup_cache.clone(),
-    ));
-    (cached, breaker)
+        store,
+        Normalizer::new(&config.recipient_delimiter),
+        PolicySettings {
+            message: config.rate_limit_message.clone(),
+            defer_over_quota: config.policy_defer_over_quota,
+            fail_closed: config.policy_fail_closed,
+            sender_fallback: config.policy_sender_fallback,
+            count: if config.policy_count_recipients {
+                CountMode::Recipients
+            } else {
+                CountMode::Messages
+            },
+            timeout: config.lookup_timeout,
+            // The backend's breaker settings serve the store too: both say how soon
+            // to stop waiting for something that keeps failing.
+            store_breaker_failures: config.breaker_failures,
+            store_breaker_cooldown: config.breaker_cooldown,
+        },
+        PolicyMetrics::register(metrics).map_err(ServerError::Metrics)?,
+    ))
+}
+
+fn sasl_service(
+    config: &Config,
+    backend: Arc<dyn LookupBackend>,
+    metrics: &Metrics,
+) -> Result<SaslService, ServerError> {
+    Ok(SaslService::new(
+        backend,
+        SaslSettings {
+            timeout: config.lookup_timeout,
+            throttle: ThrottleSettings {
+                base_delay: config.sasl_failure_delay,
+                max_delay: config.sasl_max_failure_delay,
+                lockout_failures: config.sasl_lockout_failures,
+                window: config.sasl_failure_window,
+            },
+            max_checks: config.sasl_max_checks,
+            max_checks_per_client: config.sasl_max_checks_per_client,
+            breaker_failures: config.breaker_failures,
+            breaker_cooldown: config.breaker_cooldown,
+        },
+        SaslMetrics::register(metrics).map_err(ServerError::Metrics)?,
+    ))
 }

@@ -716,6 +716,13 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
 }
 
 impl Config {
+    /// How long a backend call may run in the background after callers gave up
+    /// (`LOOKUP_TIMEOUT` passed), so a slow but alive backend still fills the cache
+    /// for the next lookup.
+    pub fn backend_call_timeout(&self) -> Duration {
+        self.lookup_timeout * 2
+    }
+
     /// A configuration with all defaults, answering from the fixture file at `path`;
     /// convenient for tests and embedding. Unlike the binary's defaults, the policy
     /// server is off (set `policy_listen` to enable it).

@@ -5,9 +5,12 @@
 //! counts live in a [`store::QuotaStore`]. Any failure of either fails open
 //! (`DUNNO`, as upstream) unless configured to defer.
 
+mod flusher;
 pub mod redis_store;
 pub mod store;
 pub mod window;
+
+pub use flusher::{STORE_FLUSH_INTERVAL, StoreFlusher};
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -429,6 +432,19 @@ impl PolicyService {
         }
         self.failure()
     }
+}
+
+/// Opens the quota store: Redis when `REDIS_URL` is set, else the embedded one.
+pub async fn open_store(
+    config: &crate::config::Config,
+) -> Result<Arc<dyn QuotaStore>, store::StoreError> {
+    if let Some(url) = &config.redis_url {
+        let store = redis_store::RedisStore::connect(url.expose(), config.lookup_timeout).await?;
+        return Ok(Arc::new(store));
+    }
+    Ok(Arc::new(store::EmbeddedStore::open(
+        &config.state_directory,
+    )?))
 }
 
 #[cfg(test)]

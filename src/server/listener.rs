@@ -51,13 +51,33 @@ pub enum BindError {
     },
 }
 
+/// The file of a UNIX socket we created: removed when this guard is dropped, that
+/// is when its listener is (at shutdown, or when a later listener fails to bind).
+#[derive(Debug)]
+pub struct SocketFile(PathBuf);
+
+impl SocketFile {
+    /// The socket's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::debug!(path = %self.0.display(), error = %e, "could not remove socket file");
+        }
+    }
+}
+
 /// One bound listening socket.
 #[derive(Debug)]
 pub enum BoundListener {
     /// A TCP listener.
     Tcp(TcpListener),
-    /// A UNIX stream listener and its path (removed at shutdown).
-    Unix(UnixListener, PathBuf),
+    /// A UNIX stream listener and its socket file (removed with it).
+    Unix(UnixListener, SocketFile),
     /// A UNIX stream listener systemd passed (socket activation): systemd owns the
     /// socket file, which therefore stays at shutdown.
     InheritedUnix(UnixListener),
@@ -88,7 +108,7 @@ impl BoundListener {
             Self::Tcp(l) => l
                 .local_addr()
                 .map_or_else(|_| LocalAddr::Unix(PathBuf::new()), LocalAddr::Tcp),
-            Self::Unix(_, p) => LocalAddr::Unix(p.clone()),
+            Self::Unix(_, file) => LocalAddr::Unix(file.path().to_owned()),
             Self::InheritedUnix(l) => LocalAddr::Unix(
                 l.local_addr()
                     .ok()
@@ -144,7 +164,10 @@ pub async fn bind(addr: &ListenAddr, mode: u32) -> Result<Vec<BoundListener>, Bi
         }
         ListenAddr::Unix(path) => {
             let listener = bind_unix(path, mode).await?;
-            Ok(vec![BoundListener::Unix(listener, path.clone())])
+            Ok(vec![BoundListener::Unix(
+                listener,
+                SocketFile(path.clone()),
+            )])
         }
         ListenAddr::Systemd(name) => take_inherited(name),
     }
@@ -246,17 +269,6 @@ async fn bind_unix(path: &Path, mode: u32) -> Result<UnixListener, BindError> {
     Ok(listener)
 }
 
-/// Removes the socket files of UNIX listeners (at shutdown).
-pub fn remove_unix_sockets(listeners: &[BoundListener]) {
-    for l in listeners {
-        if let BoundListener::Unix(_, path) = l
-            && let Err(e) = std::fs::remove_file(path)
-        {
-            tracing::debug!(path = %path.display(), error = %e, "could not remove socket file");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,9 +309,16 @@ mod tests {
         let err = bind(&addr, 0o600).await.unwrap_err();
         assert!(err.to_string().contains("another process"), "{err}");
 
-        // Stale socket (listener gone, file left): replaced.
+        // Dropping our listener removes its file.
         drop(first);
-        bind(&addr, 0o660).await.unwrap();
+        assert!(!path.exists(), "the socket file goes with its listener");
+
+        // Stale socket (a listener gone without removing its file): replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let second = bind(&addr, 0o660).await.unwrap();
+        assert!(path.exists());
+        drop(second);
 
         // A regular file: never deleted.
         let file = dir.path().join("data.sock");

@@ -8,13 +8,15 @@
 mod connection;
 mod listener;
 mod read_deadlines;
+mod services;
 use read_deadlines::ReadDeadlines;
 pub use read_deadlines::SHUTDOWN_DRAIN;
+pub(crate) use services::Services;
 pub mod policy;
 pub mod sasl;
 pub mod socketmap;
 
-pub use listener::{BindError, BoundListener, LocalAddr, bind, remove_unix_sockets};
+pub use listener::{BindError, BoundListener, LocalAddr, SocketFile, bind};
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -81,6 +83,24 @@ impl ConnectionMetrics {
             active: metrics.active_connections.clone(),
             pool_usage: Some(metrics.connection_pool_usage.clone()),
             pool_full: metrics.connection_pool_full.clone(),
+        }
+    }
+
+    /// The policy service's metrics.
+    pub fn policy(metrics: &crate::policy::PolicyMetrics) -> Self {
+        Self {
+            active: metrics.active_connections.clone(),
+            pool_usage: None,
+            pool_full: metrics.pool_full.clone(),
+        }
+    }
+
+    /// The SASL service's metrics.
+    pub fn sasl(metrics: &crate::sasl::SaslMetrics) -> Self {
+        Self {
+            active: metrics.active_connections.clone(),
+            pool_usage: None,
+            pool_full: metrics.pool_full.clone(),
         }
     }
 }
