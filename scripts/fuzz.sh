@@ -10,8 +10,9 @@
 #
 # Works on the stable toolchain: cargo-fuzz builds with `--sanitizer none` (the
 # adapter's code is `unsafe_code = forbid`; the checks in fuzz/checks.rs assert its
-# promises, which is what a sanitizer could not see anyway). cargo-fuzz is installed
-# from crates.io when missing.
+# promises, which is what a sanitizer could not see anyway). Builds keep debug
+# assertions and overflow checks on, so an arithmetic overflow is a finding too.
+# cargo-fuzz is installed from crates.io when missing.
 #
 # A finding is minimised and copied to fuzz/regressions/<target>/, where
 # `cargo test --test fuzz_regressions` replays it from then on; the script then
@@ -30,15 +31,15 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 cd fuzz
-echo "fuzz: building the targets (release, no sanitizer)..." >&2
-cargo fuzz build --sanitizer none --release
+echo "fuzz: building the targets (release with debug assertions and overflow checks, no sanitizer)..." >&2
+cargo fuzz build --sanitizer none --release --debug-assertions
 failed=()
 total_runs=0
 for target in "${TARGETS[@]}"; do
     mkdir -p "corpus/$target" "regressions/$target" "artifacts/$target"
     echo "fuzz: $target for ${SECONDS_PER_TARGET}s" >&2
     log="$(mktemp)"
-    if cargo fuzz run --sanitizer none --release "$target" \
+    if cargo fuzz run --sanitizer none --release --debug-assertions "$target" \
         "corpus/$target" "seeds/$target" "regressions/$target" -- \
         -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 \
         -print_final_stats=1 >"$log" 2>&1; then
@@ -50,7 +51,7 @@ for target in "${TARGETS[@]}"; do
         for crash in artifacts/"$target"/crash-*; do
             [ -f "$crash" ] || continue
             # Writes a minimised-from-* file next to the crash.
-            cargo fuzz tmin --sanitizer none --release "$target" "$crash" >/dev/null 2>&1 || true
+            cargo fuzz tmin --sanitizer none --release --debug-assertions "$target" "$crash" >/dev/null 2>&1 || true
         done
         # Keep each crash and the smallest input tmin reduced it to.
         cp artifacts/"$target"/crash-* "regressions/$target/" 2>/dev/null || true

@@ -188,6 +188,22 @@ async fn sigterm_drains_and_exits_0() {
     assert!(idle.until_closed().await.is_empty());
 }
 
+/// The child's exit status, or a panic (after killing it) when it has not exited
+/// within [`common::READ_LIMIT`].
+fn wait_with_limit(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + common::READ_LIMIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("the process did not exit in time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// `systemd-socket-activate` (package systemd) listening on `sockets` with `names`,
 /// starting the adapter on the first connection with `env`.
 fn socket_activated(sockets: &[String], names: &str, env: &[(&str, &str)]) -> std::process::Child {
@@ -254,10 +270,13 @@ async fn socket_activation_serves_the_sockets_systemd_passes_and_leaves_them_in_
     // The UNIX socket systemd created serves SASL.
     let auth = tokio::net::UnixStream::connect(&sasl).await.unwrap();
     let mut first = String::new();
-    tokio::io::BufReader::new(auth)
-        .read_line(&mut first)
-        .await
-        .unwrap();
+    tokio::time::timeout(
+        common::READ_LIMIT,
+        tokio::io::BufReader::new(auth).read_line(&mut first),
+    )
+    .await
+    .expect("the SASL handshake within the read limit")
+    .unwrap();
     assert_eq!(first, "VERSION\t1\t2\n");
     // SIGTERM: a clean exit that leaves systemd's socket file alone.
     let status = Command::new("kill")
@@ -265,7 +284,7 @@ async fn socket_activation_serves_the_sockets_systemd_passes_and_leaves_them_in_
         .status()
         .unwrap();
     assert!(status.success());
-    let exited = child.wait().unwrap();
+    let exited = wait_with_limit(&mut child);
     assert!(exited.success(), "{exited:?}");
     assert!(sasl.exists(), "the socket file belongs to systemd");
 
@@ -281,8 +300,12 @@ async fn socket_activation_serves_the_sockets_systemd_passes_and_leaves_them_in_
     );
     let mut trigger = connect_when_listening(&tcp).await;
     let mut rest = Vec::new();
-    let _ = trigger.read_to_end(&mut rest).await;
-    let exited = child.wait().unwrap();
+    let closed = tokio::time::timeout(common::READ_LIMIT, trigger.read_to_end(&mut rest)).await;
+    assert!(
+        closed.is_ok(),
+        "the failing adapter did not close the connection"
+    );
+    let exited = wait_with_limit(&mut child);
     assert_eq!(exited.code(), Some(1));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();

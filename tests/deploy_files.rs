@@ -64,6 +64,7 @@ fn systemd_units_verify() {
 #[test]
 fn env_example_uses_only_known_settings() {
     let text = read("deploy/systemd/userli-postfix-adapter.env");
+    let mut checked = 0;
     for line in text.lines().map(|l| l.trim_start_matches("# ").trim()) {
         let Some((name, _)) = line.split_once('=') else {
             continue;
@@ -73,8 +74,13 @@ fn env_example_uses_only_known_settings() {
                 userli_postfix_adapter::config::settings::find(name).is_some(),
                 "unknown setting {name} in the env example"
             );
+            checked += 1;
         }
     }
+    assert!(
+        checked >= 5,
+        "only {checked} settings found in the env example"
+    );
 }
 
 #[test]
@@ -192,7 +198,9 @@ fn kubernetes_example_parses_with_probes_secret_and_known_settings() {
         container["readinessProbe"]["httpGet"]["path"].as_str(),
         Some("/ready")
     );
-    for var in container["env"].as_sequence().unwrap() {
+    let env = container["env"].as_sequence().unwrap();
+    assert!(env.len() >= 5, "the example configures the adapter");
+    for var in env {
         assert_known(var["name"].as_str().unwrap(), "the Kubernetes example");
     }
     assert!(

@@ -62,6 +62,30 @@ fn every_seed_from_real_postfix_traffic_passes_the_checks() {
 
 #[test]
 fn every_past_finding_stays_fixed() {
-    // Empty until a fuzzer finds something; scripts/fuzz.sh files findings here.
-    replay("regressions");
+    // No findings so far; scripts/fuzz.sh files them here. The folder itself must
+    // exist: a missing one would read as "no findings" and this test could never
+    // fail.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
+    assert!(
+        root.join("README.md").is_file(),
+        "{} is missing",
+        root.display()
+    );
+    for entry in std::fs::read_dir(&root).expect("readable fuzz/regressions") {
+        let path = entry.expect("readable entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        assert!(
+            name == "README.md" || TARGETS.iter().any(|(t, _)| *t == name),
+            "{} belongs to no fuzz target",
+            path.display()
+        );
+    }
+    let files: usize = TARGETS
+        .iter()
+        .map(|(t, _)| files(&root.join(t)).len())
+        .sum();
+    assert_eq!(replay("regressions"), files, "every finding was replayed");
 }

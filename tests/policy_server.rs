@@ -38,11 +38,16 @@ async fn ask<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, request: &str) -
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut reply = Vec::new();
     let mut byte = [0u8; 1];
-    while !reply.ends_with(b"\n\n") {
-        let n = stream.read(&mut byte).await.unwrap();
-        assert!(n > 0, "connection closed before the reply ended");
-        reply.push(byte[0]);
-    }
+    let read = async {
+        while !reply.ends_with(b"\n\n") {
+            let n = stream.read(&mut byte).await.unwrap();
+            assert!(n > 0, "connection closed before the reply ended");
+            reply.push(byte[0]);
+        }
+    };
+    tokio::time::timeout(common::READ_LIMIT, read)
+        .await
+        .expect("a whole reply within the read limit");
     String::from_utf8(reply).unwrap()
 }
 
@@ -155,7 +160,8 @@ async fn oversized_input_closes_without_a_reply() {
         .unwrap();
     let _ = conn.write_all(&vec![b'x'; 40_000]).await;
     let mut rest = Vec::new();
-    let _ = conn.read_to_end(&mut rest).await;
+    let closed = tokio::time::timeout(common::READ_LIMIT, conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection was not closed");
     assert!(rest.is_empty(), "no reply");
     server.shutdown().await;
 }

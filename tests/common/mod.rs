@@ -161,18 +161,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         self.stream.write_all(bytes).await.unwrap();
     }
 
-    /// The next reply, or `None` when the server closed the connection.
+    /// The next reply, or `None` when the server closed the connection; panics
+    /// after [`READ_LIMIT`] so a regression fails instead of hanging the suite.
     pub async fn reply(&mut self) -> Option<String> {
         let decoder = NetstringDecoder::new(200_000);
-        loop {
-            if let Some(frame) = decoder.decode(&mut self.buf).unwrap() {
-                return Some(String::from_utf8(frame.to_vec()).unwrap());
+        let read = async {
+            loop {
+                if let Some(frame) = decoder.decode(&mut self.buf).unwrap() {
+                    return Some(String::from_utf8(frame.to_vec()).unwrap());
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
             }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
+        };
+        tokio::time::timeout(READ_LIMIT, read)
+            .await
+            .expect("a reply or a close within the read limit")
     }
 
     pub async fn ask(&mut self, request: &str) -> String {
@@ -181,12 +187,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     }
 
     /// Waits until the server closes the connection; returns what it sent first.
+    /// Panics after [`READ_LIMIT`].
     pub async fn until_closed(&mut self) -> Vec<u8> {
         let mut rest = self.buf.to_vec();
-        let _ = self.stream.read_to_end(&mut rest).await;
+        let closed = tokio::time::timeout(READ_LIMIT, self.stream.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the server did not close the connection");
         rest
     }
 }
+
+/// The longest a test waits for a reply or a close before it fails.
+pub const READ_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// A loopback address nothing listens on right now: bound to port 0 and released.
 pub fn free_loopback_addr() -> SocketAddr {
