@@ -590,6 +590,16 @@ async fn sighup_under_load_reloads_without_errors_and_a_broken_file_keeps_the_ol
     assert_eq!(t.unanswered + t.hung + t.truncated, 0, "{t:?}");
     assert_eq!(t.sent, t.replies);
     assert_eq!((ok, failed), (6.0, 2.0));
+    // A reload swaps the data at once: no request waits for it.
+    assert!(
+        t.max_latency < Duration::from_secs(1),
+        "a request waited {:?} during the reloads",
+        t.max_latency
+    );
+    assert!(
+        reloads < Duration::from_secs(30),
+        "5 reloads took {reloads:?}"
+    );
     assert!(status.success(), "{status:?}");
 }
 
