@@ -226,6 +226,28 @@ mod tests {
         run.await.unwrap();
     }
 
+    /// The contract every backend keeps, checked by the backend kit's conformance
+    /// suite against this backend's own sample data. (A table has no logins or
+    /// quotas, and cannot be unreachable, so those checks do not apply.)
+    #[tokio::test]
+    async fn conforms_to_the_backend_contract() {
+        use postfix_adapter_backend::testkit::conformance::{Facts, check};
+        let backend = TableBackend::parse(SAMPLE).unwrap();
+        let facts = Facts {
+            domain: Some("example.org"),
+            foreign_domain: Some("example.net"),
+            mailbox: Some("user@example.org"),
+            unknown_address: Some("nobody@example.org"),
+            alias: Some((
+                "info@example.org",
+                &["user@example.org", "other@example.net"],
+            )),
+            senders: Some(("user@example.org", &["user@example.org"])),
+            ..Facts::default()
+        };
+        check(&backend, &facts).await;
+    }
+
     #[test]
     fn rejects_bad_lines_with_their_number() {
         let err = TableBackend::parse("domain example.org\nfrobnicate x\n").unwrap_err();

@@ -101,8 +101,7 @@ impl std::fmt::Debug for SaslService {
     }
 }
 
-/// The reason for a failed login, as userli words it.
-pub const AUTH_FAILED: &str = "authentication failed";
+pub use postfix_adapter_backend::AUTH_FAILED;
 
 /// The reason for a locked-out login.
 pub const LOCKED_OUT: &str = "too many failed attempts, try again later";

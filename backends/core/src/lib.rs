@@ -34,6 +34,17 @@ pub use error::{BackendError, BoxError};
 
 use std::sync::Arc;
 
+/// The reason of a failed login when there is nothing more to say: userli's own
+/// words for an unknown user, a deleted one and a wrong password alike, so the
+/// answer never tells which it was. Backends use it for all three.
+pub const AUTH_FAILED: &str = "authentication failed";
+
+/// The longest password worth verifying (userli's, that is Symfony's, limit). A
+/// longer one fails without being hashed or sent anywhere: hashing is the most
+/// expensive thing a client can ask for, and SHA-crypt's cost grows with the
+/// square of the password's length.
+pub const MAX_PASSWORD_BYTES: usize = 4096;
+
 /// The verdict on a login and password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthOutcome {

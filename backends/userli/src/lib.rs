@@ -31,7 +31,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use postfix_adapter_backend::{
-    Address, AuthOutcome, BackendError, LookupBackend, SmtpQuota, async_trait,
+    AUTH_FAILED, Address, AuthOutcome, BackendError, LookupBackend, MAX_PASSWORD_BYTES, SmtpQuota,
+    async_trait,
 };
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue};
 use serde_json::Value;
@@ -64,10 +65,6 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 /// cheapest one (a single indexed lookup, cached by userli).
 const HEALTH_CHECK_DOMAIN: &str = "health-check.invalid";
 
-/// userli's answer to an unknown or deleted user and to a wrong password; also the
-/// adapter's answer for logins and passwords userli can never hold.
-const AUTH_FAILED: &str = "authentication failed";
-
 /// The reasons userli itself gives (`userli-api.md` §2.6). They are passed on
 /// unchanged; any other text is checked for an echo of the password first.
 const USERLI_AUTH_REASONS: &[&str] = &[
@@ -75,10 +72,6 @@ const USERLI_AUTH_REASONS: &[&str] = &[
     "user disabled due to spam role",
     "user password change required",
 ];
-
-/// userli (Symfony) never verifies a password longer than this, so such a password
-/// is refused without sending it.
-const MAX_PASSWORD_BYTES: usize = 4096;
 
 /// How to reach the userli API.
 #[derive(Clone)]

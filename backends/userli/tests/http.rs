@@ -669,3 +669,89 @@ fn metrics_cannot_be_registered_twice() {
     let err = UserliBackend::new(config("http://h/"), Some(&registry)).unwrap_err();
     assert!(matches!(err, UserliError::Metrics(_)), "{err}");
 }
+
+/// The backend contract, against a fake userli holding the facts; and with userli
+/// unreachable, every question is an error.
+#[tokio::test]
+async fn conforms_to_the_backend_contract() {
+    use postfix_adapter_backend::SmtpQuota;
+    use postfix_adapter_backend::testkit::conformance::{Facts, check, check_unavailable};
+    let server = MockServer::start().await;
+    let t = |s: &str| format!("/api/postfix/{s}");
+    mount(&server, &t("domain/example.org"), 200, json!(true)).await;
+    mount(&server, &t("domain/example.net"), 200, json!(false)).await;
+    mount(&server, &t("mailbox/user@example.org"), 200, json!(true)).await;
+    mount(&server, &t("mailbox/nobody@example.org"), 200, json!(false)).await;
+    for key in ["nobody@example.org", "user@example.org"] {
+        mount(&server, &t(&format!("alias/{key}")), 200, json!([])).await;
+    }
+    mount(
+        &server,
+        &t("alias/alias@example.org"),
+        200,
+        json!(["user2@example.org", "user@example.org"]),
+    )
+    .await;
+    mount(&server, &t("senders/nobody@example.org"), 200, json!([])).await;
+    mount(
+        &server,
+        &t("senders/user@example.org"),
+        200,
+        json!(["user@example.org"]),
+    )
+    .await;
+    mount(
+        &server,
+        &t("smtp_quota/user@example.org"),
+        200,
+        json!({"per_hour": 100, "per_day": 1000}),
+    )
+    .await;
+    mount(
+        &server,
+        &t("smtp_quota/nobody@example.org"),
+        404,
+        json!({"error": "User not found"}),
+    )
+    .await;
+    Mock::given(method("POST"))
+        .and(path("/api/postfix/auth"))
+        .and(wiremock::matchers::body_json(
+            json!({"email": "user@example.org", "password": "password"}),
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(json!({"message": "success"})))
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/api/postfix/auth"))
+        .respond_with(
+            ResponseTemplate::new(401).set_body_json(json!({"message": "authentication failed"})),
+        )
+        .mount(&server)
+        .await;
+    let facts = Facts {
+        domain: Some("example.org"),
+        foreign_domain: Some("example.net"),
+        mailbox: Some("user@example.org"),
+        unknown_address: Some("nobody@example.org"),
+        alias: Some((
+            "alias@example.org",
+            &["user2@example.org", "user@example.org"],
+        )),
+        senders: Some(("user@example.org", &["user@example.org"])),
+        login: Some(("user@example.org", b"password")),
+        quota: Some((
+            "user@example.org",
+            SmtpQuota {
+                per_hour: 100,
+                per_day: 1000,
+            },
+        )),
+    };
+    check(&backend(&server), &facts).await;
+
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead_url = format!("http://{}", dead.local_addr().unwrap());
+    drop(dead);
+    check_unavailable(&backend_at(&dead_url), &facts).await;
+}

@@ -1,11 +1,9 @@
-//! Conformance checks for backends that serve userli's `basic` fixture data set.
-//!
-//! The expected answers are those of the userli API against its `basic` fixtures
-//! (domains `example.org` and `example.com`; users such as `user@`, `user2@`,
-//! `spam@` and the deleted `deleted@example.org`; aliases `alias@` and `alias2@`
-//! pointing to `user2@example.org`). Both the fixture backend (with the bundled
-//! demo file) and the userli backend (against a fake API) run them, so the two
-//! cannot drift apart.
+//! The answers of userli's `basic` fixture data set (domains `example.org` and
+//! `example.com`; users such as `user@`, `user2@`, `spam@` and the deleted
+//! `deleted@example.org`; aliases `alias@` and `alias2@` pointing to
+//! `user2@example.org`), as the userli API gives them. Both the fixture backend
+//! (with the bundled demo file) and the userli backend (against a fake API) run
+//! them, so the two cannot drift apart.
 
 use crate::{Address, LookupBackend};
 
