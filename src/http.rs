@@ -245,34 +245,14 @@ mod tests {
     use super::*;
     use axum::body::{Body, to_bytes};
     use axum::http::Request;
-    use postfix_adapter_backend::{Address, async_trait};
+    use postfix_adapter_backend::testkit::{Fault, StubBackend};
     use tower::ServiceExt;
 
-    struct Health(Result<(), &'static str>, bool);
-
-    #[async_trait]
-    impl LookupBackend for Health {
-        async fn aliases(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-            Ok(vec![])
-        }
-        async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
-            Ok(false)
-        }
-        async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
-            Ok(false)
-        }
-        async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-            Ok(vec![])
-        }
-        async fn health(&self) -> Result<(), BackendError> {
-            if self.1 {
-                std::future::pending::<()>().await;
-            }
-            self.0.map_err(|e| BackendError::Other(e.into()))
-        }
+    fn healthy() -> StubBackend {
+        StubBackend::new()
     }
 
-    fn state(backend: Health, listening: bool) -> HttpState {
+    fn state(backend: StubBackend, listening: bool) -> HttpState {
         let readiness = Arc::new(Readiness::default());
         if listening {
             readiness.set_listening();
@@ -302,7 +282,7 @@ mod tests {
 
     #[tokio::test]
     async fn health_is_upstreams_body() {
-        let (s, ct, body) = get(state(Health(Ok(()), false), true), "/health").await;
+        let (s, ct, body) = get(state(healthy(), true), "/health").await;
         assert_eq!(
             (s, ct.as_str(), body.as_str()),
             (StatusCode::OK, "application/json", "{\"status\":\"ok\"}\n")
@@ -311,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn ready_when_backend_healthy() {
-        let st = state(Health(Ok(()), false), true);
+        let st = state(healthy(), true);
         let metrics = st.metrics.clone();
         let (s, _, body) = get(st, "/ready").await;
         assert_eq!(
@@ -324,7 +304,10 @@ mod tests {
     #[tokio::test]
     async fn not_ready_on_backend_error_with_sorted_keys() {
         let (s, _, body) = get(
-            state(Health(Err("connection refused"), false), true),
+            state(
+                healthy().unhealthy(Fault::Other("connection refused".into())),
+                true,
+            ),
             "/ready",
         )
         .await;
@@ -337,17 +320,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn not_ready_on_backend_timeout() {
-        let (s, _, body) = get(state(Health(Ok(()), true), true), "/ready").await;
+        let (s, _, body) = get(state(healthy().unhealthy(Fault::Hang), true), "/ready").await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body, "{\"error\":\"timeout\",\"status\":\"unavailable\"}\n");
     }
 
     #[tokio::test]
     async fn not_ready_before_listening_or_while_stopping() {
-        let (s, _, body) = get(state(Health(Ok(()), false), false), "/ready").await;
+        let (s, _, body) = get(state(healthy(), false), "/ready").await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("listeners not started"));
-        let st = state(Health(Ok(()), false), true);
+        let st = state(healthy(), true);
         st.readiness.set_stopping();
         let (s, _, body) = get(st, "/ready").await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
@@ -356,11 +339,11 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_and_404() {
-        let (s, ct, body) = get(state(Health(Ok(()), false), true), "/metrics").await;
+        let (s, ct, body) = get(state(healthy(), true), "/metrics").await;
         assert_eq!(s, StatusCode::OK);
         assert!(ct.starts_with("text/plain"));
         assert!(body.contains("userli_postfix_adapter_active_connections"));
-        let (s, _, body) = get(state(Health(Ok(()), false), true), "/nope").await;
+        let (s, _, body) = get(state(healthy(), true), "/nope").await;
         assert_eq!(
             (s, body.as_str()),
             (StatusCode::NOT_FOUND, "404 page not found\n")

@@ -481,30 +481,10 @@ async fn two_adapters_share_one_quota_and_fail_open_without_redis() {
 #[tokio::test]
 #[ignore = "needs redis-server"]
 async fn huge_recipient_counts_are_clamped_and_never_open_the_breaker() {
-    use postfix_adapter_backend::{Address, BackendError, LookupBackend, async_trait};
+    use postfix_adapter_backend::testkit::StubBackend;
     use userli_postfix_adapter::metrics::Metrics;
     use userli_postfix_adapter::policy::{CountMode, PolicyMetrics, PolicyService, PolicySettings};
     use userli_postfix_adapter::protocol::policy::{Action, PolicyDecoder};
-
-    struct TenPerHour;
-    #[async_trait]
-    impl LookupBackend for TenPerHour {
-        async fn aliases(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-            Ok(vec![])
-        }
-        async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
-            Ok(false)
-        }
-        async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
-            Ok(false)
-        }
-        async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-            Ok(vec![])
-        }
-        async fn smtp_quota(&self, _: &Address) -> Result<Option<SmtpQuota>, BackendError> {
-            Ok(Some(quota(10, 0)))
-        }
-    }
 
     let server = RedisServer::start();
     let direct = store(&server).await;
@@ -521,7 +501,11 @@ async fn huge_recipient_counts_are_clamped_and_never_open_the_breaker() {
 
     let metrics = PolicyMetrics::register(&Metrics::new().unwrap()).unwrap();
     let service = PolicyService::new(
-        Arc::new(TenPerHour),
+        Arc::new(
+            StubBackend::new()
+                .quota("attacker@example.org", quota(10, 0))
+                .quota("other@example.org", quota(10, 0)),
+        ),
         Arc::new(store(&server).await),
         userli_postfix_adapter::normalize::Normalizer::new("+"),
         PolicySettings {

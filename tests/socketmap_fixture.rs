@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Client, http_get, loopback_config, start, start_demo};
-use postfix_adapter_backend::{Address, BackendError, LookupBackend, async_trait};
+use postfix_adapter_backend::testkit::{Fault, StubBackend};
 use userli_postfix_adapter::config::{Config, ListenAddr};
 
 /// userli's basic data set through the wire, as Postfix would ask.
@@ -120,31 +120,19 @@ async fn health_ready_and_metrics_endpoints() {
     server.shutdown().await;
 }
 
-/// A backend whose `slow@` lookups take a while, to test draining.
-struct SlowBackend;
-
-#[async_trait]
-impl LookupBackend for SlowBackend {
-    async fn aliases(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        Ok(vec!["late@example.org".into()])
-    }
-    async fn domain_exists(&self, d: &str) -> Result<bool, BackendError> {
-        Ok(d == "example.org")
-    }
-    async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-        Ok(vec![])
-    }
+/// A backend whose `slow@` alias lookups take a while, to test draining.
+fn slow_backend() -> StubBackend {
+    StubBackend::new()
+        .domain("example.org")
+        .alias("slow@example.org", &["late@example.org"])
+        .fault("slow@example.org", Fault::Delay(Duration::from_millis(500)))
 }
 
 #[tokio::test]
 async fn shutdown_answers_in_flight_requests_and_closes_idle_connections() {
     let server = start(
         loopback_config(Config::for_fixture("unused")),
-        Arc::new(SlowBackend),
+        Arc::new(slow_backend()),
     )
     .await;
     let mut busy = Client::tcp(server.tcp()).await;

@@ -1,74 +1,36 @@
 use super::*;
-use postfix_adapter_backend::async_trait;
-use std::sync::Mutex;
+use postfix_adapter_backend::testkit::{Fault, StubBackend};
 
 /// A directory with a mailbox `first-last@` next to an alias `first@`, as in the
-/// demo data; `broken-*` keys fail, and so do mailbox questions for `mbxdown*`;
-/// every call is recorded.
-#[derive(Default)]
-struct Directory {
-    calls: Mutex<Vec<String>>,
+/// demo data; every question about `broken-x@` fails, and so does the mailbox
+/// question about `mbxdown-x@`; every call is recorded.
+fn directory() -> StubBackend {
+    StubBackend::new()
+        .domain("example.org")
+        .domain("xn--exmple-cua.org")
+        .mailbox("first-last@example.org")
+        .mailbox("user@example.org")
+        .mailbox("user2@example.org")
+        .mailbox("quiet-box@example.org")
+        // A mailbox whose own senders row is empty.
+        .senders_of("quiet-box@example.org", &[])
+        .alias("first@example.org", &["user2@example.org"])
+        .alias("broken@example.org", &["user2@example.org"])
+        .alias("mbxdown@example.org", &["user2@example.org"])
+        // An alias of its own whose senders list is empty.
+        .alias("first-sales@example.org", &["sales@elsewhere.example"])
+        .alias("comma@example.org", &["x@evil.example,root@example.org"])
+        .alias("space@example.org", &["a@x.org b@y.org"])
+        .alias("control@example.org", &["a@x.org\u{1}"])
+        .alias("fine@example.org", &["a@x.org", "", "b@y.org"])
+        .senders_of("first@example.org", &["user2@example.org"])
+        .senders_of("sender-comma@example.org", &["u@x.org,evil@x.org"])
+        .fault("broken-x@example.org", Fault::Unavailable)
+        .fault_on("mailbox", "mbxdown-x@example.org", Fault::Unavailable)
 }
 
-impl Directory {
-    fn record(&self, question: &str, key: &str) -> Result<(), BackendError> {
-        self.calls.lock().unwrap().push(format!("{question} {key}"));
-        if key.starts_with("broken-") || (question == "mailbox" && key.starts_with("mbxdown")) {
-            return Err(BackendError::unavailable("connection refused"));
-        }
-        Ok(())
-    }
-
-    /// The calls since the last time, in order.
-    fn calls(&self) -> Vec<String> {
-        std::mem::take(&mut *self.calls.lock().unwrap())
-    }
-}
-
-#[async_trait]
-impl LookupBackend for Directory {
-    async fn aliases(&self, a: &Address) -> Result<Vec<String>, BackendError> {
-        self.record("alias", a.as_str())?;
-        Ok(match a.as_str() {
-            "first@example.org" | "broken@example.org" | "mbxdown@example.org" => {
-                vec!["user2@example.org".into()]
-            }
-            // An alias of its own whose senders list is empty.
-            "first-sales@example.org" => vec!["sales@elsewhere.example".into()],
-            "comma@example.org" => vec!["x@evil.example,root@example.org".into()],
-            "space@example.org" => vec!["a@x.org b@y.org".into()],
-            "control@example.org" => vec!["a@x.org\u{1}".into()],
-            "fine@example.org" => vec!["a@x.org".into(), String::new(), "b@y.org".into()],
-            _ => vec![],
-        })
-    }
-    async fn domain_exists(&self, d: &str) -> Result<bool, BackendError> {
-        self.record("domain", d)?;
-        Ok(d == "example.org" || d == "xn--exmple-cua.org")
-    }
-    async fn mailbox_exists(&self, a: &Address) -> Result<bool, BackendError> {
-        self.record("mailbox", a.as_str())?;
-        Ok(matches!(
-            a.as_str(),
-            "first-last@example.org"
-                | "user@example.org"
-                | "user2@example.org"
-                | "quiet-box@example.org"
-        ))
-    }
-    async fn senders(&self, a: &Address) -> Result<Vec<String>, BackendError> {
-        self.record("senders", a.as_str())?;
-        Ok(match a.as_str() {
-            "first-last@example.org" => vec!["first-last@example.org".into()],
-            "first@example.org" => vec!["user2@example.org".into()],
-            "sender-comma@example.org" => vec!["u@x.org,evil@x.org".into()],
-            _ => vec![],
-        })
-    }
-}
-
-fn service(delimiters: &str) -> (LookupService, Arc<Directory>) {
-    let directory = Arc::new(Directory::default());
+fn service(delimiters: &str) -> (LookupService, Arc<StubBackend>) {
+    let directory = Arc::new(directory());
     let backend: Arc<dyn LookupBackend> = directory.clone();
     let service = LookupService::new(
         backend,
@@ -95,7 +57,11 @@ async fn an_address_that_is_a_mailbox_is_never_read_as_an_extension() {
         ask(&s, MapName::Mailbox, "first-last@example.org").await,
         "OK 1"
     );
-    assert_eq!(d.calls(), ["mailbox first-last@example.org"], "one call");
+    assert_eq!(
+        d.take_calls(),
+        ["mailbox first-last@example.org"],
+        "one call"
+    );
 
     // Not `OK user2@...`: mail to first-last stays with first-last.
     assert_eq!(
@@ -103,7 +69,7 @@ async fn an_address_that_is_a_mailbox_is_never_read_as_an_extension() {
         "NOTFOUND"
     );
     assert_eq!(
-        sorted(d.calls()),
+        sorted(d.take_calls()),
         [
             "alias first-last@example.org",
             "mailbox first-last@example.org"
@@ -127,13 +93,21 @@ async fn an_address_that_exists_on_its_own_never_borrows_anothers_senders() {
         ask(&s, MapName::Senders, "quiet-box@example.org").await,
         "NOTFOUND"
     );
-    assert!(!d.calls().iter().any(|c| c == "senders quiet@example.org"));
+    assert!(
+        !d.take_calls()
+            .iter()
+            .any(|c| c == "senders quiet@example.org")
+    );
     // An alias of its own listing no sender: not first@'s senders either.
     assert_eq!(
         ask(&s, MapName::Senders, "first-sales@example.org").await,
         "NOTFOUND"
     );
-    assert!(!d.calls().iter().any(|c| c == "senders first@example.org"));
+    assert!(
+        !d.take_calls()
+            .iter()
+            .any(|c| c == "senders first@example.org")
+    );
     // Unknown: first@'s senders.
     assert_eq!(
         ask(&s, MapName::Senders, "first-nobody@example.org").await,
@@ -145,31 +119,20 @@ async fn an_address_that_exists_on_its_own_never_borrows_anothers_senders() {
 /// a lookup together keep one deadline.
 #[tokio::test(start_paused = true)]
 async fn both_rounds_of_a_lookup_share_one_deadline() {
-    struct Slow;
-    #[async_trait]
-    impl LookupBackend for Slow {
-        async fn aliases(&self, a: &Address) -> Result<Vec<String>, BackendError> {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            Ok(if a.as_str() == "first@example.org" {
-                vec!["user2@example.org".into()]
-            } else {
-                vec![]
-            })
-        }
-        async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
-            Ok(true)
-        }
-        async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
-            tokio::time::sleep(Duration::from_millis(700)).await;
-            Ok(false)
-        }
-        async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-            Ok(vec![])
-        }
-    }
     // Each call is within the 1 s deadline, the two rounds together are not.
     let s = LookupService::new(
-        Arc::new(Slow),
+        Arc::new(
+            StubBackend::new()
+                .alias("first@example.org", &["user2@example.org"])
+                .fault(
+                    "first-tag@example.org",
+                    Fault::Delay(Duration::from_millis(700)),
+                )
+                .fault(
+                    "first@example.org",
+                    Fault::Delay(Duration::from_millis(700)),
+                ),
+        ),
         Normalizer::new("-"),
         Duration::from_secs(1),
         Metrics::new().unwrap(),
@@ -194,7 +157,7 @@ async fn an_unknown_address_with_an_extension_falls_back_to_the_stripped_one() {
         ask(&s, MapName::Alias, "first-tag@example.org").await,
         "OK user2@example.org"
     );
-    let calls = d.calls();
+    let calls = d.take_calls();
     assert_eq!(
         sorted(calls[..2].to_vec()),
         [
@@ -212,14 +175,14 @@ async fn an_unknown_address_with_an_extension_falls_back_to_the_stripped_one() {
         ask(&s, MapName::Senders, "first+tag@example.org").await,
         "OK user2@example.org"
     );
-    assert_eq!(d.calls().last().unwrap(), "senders first@example.org");
+    assert_eq!(d.take_calls().last().unwrap(), "senders first@example.org");
 
     assert_eq!(
         ask(&s, MapName::Mailbox, "user+tag@example.org").await,
         "OK 1"
     );
     assert_eq!(
-        d.calls(),
+        d.take_calls(),
         ["mailbox user+tag@example.org", "mailbox user@example.org"]
     );
     assert_eq!(
@@ -233,12 +196,12 @@ async fn an_address_without_a_delimiter_costs_one_call() {
     let (s, d) = service("+-");
     for map in [MapName::Alias, MapName::Mailbox, MapName::Senders] {
         ask(&s, map, "user@example.org").await;
-        assert_eq!(d.calls().len(), 1, "{map:?}");
+        assert_eq!(d.take_calls().len(), 1, "{map:?}");
     }
     let (s, d) = service("");
     ask(&s, MapName::Alias, "first-last@example.org").await;
     assert_eq!(
-        d.calls(),
+        d.take_calls(),
         ["alias first-last@example.org"],
         "no delimiter set"
     );
@@ -253,7 +216,9 @@ async fn a_backend_error_is_temp_and_never_a_reason_to_strip() {
         "TEMP Error fetching aliases"
     );
     assert!(
-        !d.calls().iter().any(|c| c.ends_with(" broken@example.org")),
+        !d.take_calls()
+            .iter()
+            .any(|c| c.ends_with(" broken@example.org")),
         "the stripped key was asked after an error"
     );
     assert_eq!(
@@ -266,7 +231,11 @@ async fn a_backend_error_is_temp_and_never_a_reason_to_strip() {
         ask(&s, MapName::Alias, "mbxdown-x@example.org").await,
         "TEMP Error fetching aliases"
     );
-    assert!(!d.calls().iter().any(|c| c == "alias mbxdown@example.org"));
+    assert!(
+        !d.take_calls()
+            .iter()
+            .any(|c| c == "alias mbxdown@example.org")
+    );
 }
 
 #[tokio::test]
@@ -305,13 +274,13 @@ async fn destinations_postfix_would_split_are_temp_never_extra_recipients() {
 async fn idn_domains_are_asked_in_ascii_form() {
     let (s, d) = service("");
     assert_eq!(ask(&s, MapName::Domain, "EXÄMPLE.org").await, "OK 1");
-    assert_eq!(d.calls(), ["domain xn--exmple-cua.org"]);
+    assert_eq!(d.take_calls(), ["domain xn--exmple-cua.org"]);
     assert_eq!(
         ask(&s, MapName::Domain, "exa\u{ad}mple.org").await,
         "NOTFOUND"
     );
     assert!(
-        d.calls().is_empty(),
+        d.take_calls().is_empty(),
         "a look-alike never reaches the backend"
     );
 }

@@ -2,41 +2,30 @@ use super::*;
 use crate::normalize::Normalizer;
 use crate::protocol::policy::PolicyDecoder;
 use bytes::BytesMut;
-use postfix_adapter_backend::{Address, BackendError, SmtpQuota, async_trait};
+use postfix_adapter_backend::testkit::{Fault, StubBackend};
+use postfix_adapter_backend::{SmtpQuota, async_trait};
 use store::EmbeddedStore;
 
-/// `limited@x` may send 2 per hour; `free@x` has no limit; `broken@x` errors.
-struct Quotas;
-
-#[async_trait]
-impl LookupBackend for Quotas {
-    async fn aliases(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-        Ok(vec![])
-    }
-    async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-        Ok(vec![])
-    }
-    async fn smtp_quota(&self, login: &Address) -> Result<Option<SmtpQuota>, BackendError> {
-        match login.as_str() {
-            "limited@x.org" => Ok(Some(SmtpQuota {
+/// `limited@x.org` may send 2 per hour, `idn@xn--exmple-cua.org` 1; `free@x.org`
+/// has no limit; `broken@x.org` errors; anyone else is no login.
+fn quotas() -> StubBackend {
+    StubBackend::new()
+        .quota(
+            "limited@x.org",
+            SmtpQuota {
                 per_hour: 2,
                 per_day: 0,
-            })),
-            "free@x.org" => Ok(Some(SmtpQuota::default())),
-            "idn@xn--exmple-cua.org" => Ok(Some(SmtpQuota {
+            },
+        )
+        .quota("free@x.org", SmtpQuota::default())
+        .quota(
+            "idn@xn--exmple-cua.org",
+            SmtpQuota {
                 per_hour: 1,
                 per_day: 0,
-            })),
-            "broken@x.org" => Err(BackendError::Timeout),
-            _ => Ok(None),
-        }
-    }
+            },
+        )
+        .fault("broken@x.org", Fault::Timeout)
 }
 
 fn settings() -> PolicySettings {
@@ -54,7 +43,7 @@ fn settings() -> PolicySettings {
 
 fn service(settings: PolicySettings) -> PolicyService {
     PolicyService::new(
-        Arc::new(Quotas),
+        Arc::new(quotas()),
         Arc::new(EmbeddedStore::in_memory()),
         Normalizer::new("+"),
         settings,
@@ -293,7 +282,7 @@ async fn a_failing_store_stops_costing_time_per_message_and_is_probed_again() {
     });
     let metrics = PolicyMetrics::register(&Metrics::new().unwrap()).unwrap();
     let s = PolicyService::new(
-        Arc::new(Quotas),
+        Arc::new(quotas()),
         store.clone(),
         Normalizer::new("+"),
         settings(),

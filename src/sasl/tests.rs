@@ -1,53 +1,15 @@
 use super::*;
 use crate::metrics::Metrics;
-use postfix_adapter_backend::{Address, async_trait};
-use tokio::sync::Notify;
+use postfix_adapter_backend::testkit::{Fault, StubBackend};
 
 /// `user@example.org` / `right` logs in; `slow@` fails after 150 ms; `down@`
 /// cannot be checked; `hang@` waits until released.
-struct Directory {
-    release: Notify,
-}
-
-#[async_trait]
-impl LookupBackend for Directory {
-    async fn aliases(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-        Ok(vec![])
-    }
-    async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-        Ok(vec![])
-    }
-    async fn authenticate(
-        &self,
-        login: &Address,
-        password: &[u8],
-    ) -> Result<AuthOutcome, BackendError> {
-        match login.as_str() {
-            "user@example.org" if password == b"right" => Ok(AuthOutcome::Success),
-            "slow@example.org" => {
-                tokio::time::sleep(Duration::from_millis(150)).await;
-                Ok(AuthOutcome::Failure {
-                    reason: AUTH_FAILED.into(),
-                })
-            }
-            "down@example.org" => Err(BackendError::unavailable("connection refused")),
-            "hang@example.org" => {
-                self.release.notified().await;
-                Ok(AuthOutcome::Failure {
-                    reason: AUTH_FAILED.into(),
-                })
-            }
-            _ => Ok(AuthOutcome::Failure {
-                reason: AUTH_FAILED.into(),
-            }),
-        }
-    }
+fn directory() -> StubBackend {
+    StubBackend::new()
+        .login("user@example.org", "right")
+        .fault("slow@example.org", Fault::Delay(Duration::from_millis(150)))
+        .fault("down@example.org", Fault::Unavailable)
+        .fault("hang@example.org", Fault::Held)
 }
 
 fn settings() -> SaslSettings {
@@ -66,10 +28,8 @@ fn settings() -> SaslSettings {
     }
 }
 
-fn service(settings: SaslSettings) -> (Arc<SaslService>, Arc<Directory>) {
-    let directory = Arc::new(Directory {
-        release: Notify::new(),
-    });
+fn service(settings: SaslSettings) -> (Arc<SaslService>, Arc<StubBackend>) {
+    let directory = Arc::new(directory());
     let metrics = SaslMetrics::register(&Metrics::new().unwrap()).unwrap();
     let backend: Arc<dyn LookupBackend> = directory.clone();
     (
@@ -222,7 +182,7 @@ async fn checks_in_flight_are_capped_per_client_and_in_total() {
             .get(),
         1
     );
-    directory.release.notify_waiters();
+    directory.release();
     for w in waiting {
         assert!(matches!(w.await.unwrap(), AuthResult::Failure { .. }));
     }
@@ -284,7 +244,7 @@ async fn an_ipv6_client_cannot_dodge_the_cap_by_rotating_through_its_64() {
         auth(&s, "user@example.org", "right", "2001:db8::ffff").await,
         AuthResult::Unavailable
     );
-    directory.release.notify_waiters();
+    directory.release();
     for w in waiting {
         w.await.unwrap();
     }

@@ -4,44 +4,19 @@ use crate::protocol::dovecot::MAX_LINE;
 use crate::sasl::{SaslMetrics, SaslSettings, ThrottleSettings};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use postfix_adapter_backend::{Address, AuthOutcome, BackendError, LookupBackend, async_trait};
+use postfix_adapter_backend::testkit::{Fault, StubBackend};
 use tokio::io::{
     AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf,
 };
 
-struct Users;
-
-#[async_trait]
-impl LookupBackend for Users {
-    async fn aliases(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-        Ok(vec![])
-    }
-    async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
-        Ok(false)
-    }
-    async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
-        Ok(vec![])
-    }
-    async fn authenticate(
-        &self,
-        login: &Address,
-        password: &[u8],
-    ) -> Result<AuthOutcome, BackendError> {
-        match (login.as_str(), password) {
-            ("user@example.org", b"s3cret\0x") => Ok(AuthOutcome::Success),
-            ("spam@example.org", _) => Ok(AuthOutcome::Failure {
-                reason: "user disabled due to spam role".into(),
-            }),
-            ("down@example.org", _) => Err(BackendError::unavailable("connection refused")),
-            ("slow@example.org", _) => std::future::pending().await,
-            _ => Ok(AuthOutcome::Failure {
-                reason: "authentication failed".into(),
-            }),
-        }
-    }
+/// `user@example.org` logs in with `s3cret\0x`; `spam@` is refused with userli's
+/// reason; `down@` cannot be checked; `slow@` never answers.
+fn users() -> StubBackend {
+    StubBackend::new()
+        .login("user@example.org", b"s3cret\0x")
+        .refused("spam@example.org", "user disabled due to spam role")
+        .fault("down@example.org", Fault::Unavailable)
+        .fault("slow@example.org", Fault::Hang)
 }
 
 struct Client {
@@ -91,7 +66,7 @@ async fn connect_with(io_timeout: Duration) -> Client {
     let metrics = Metrics::new().unwrap();
     let sasl_metrics = SaslMetrics::register(&metrics).unwrap();
     let service = Arc::new(SaslService::new(
-        Arc::new(Users),
+        Arc::new(users()),
         settings(Duration::from_millis(300)),
         sasl_metrics.clone(),
     ));
@@ -302,7 +277,7 @@ async fn backend_trouble_drops_the_connection_instead_of_failing() {
 async fn wrong_client_version_closes() {
     let metrics = Metrics::new().unwrap();
     let service = Arc::new(SaslService::new(
-        Arc::new(Users),
+        Arc::new(users()),
         settings(Duration::from_secs(1)),
         SaslMetrics::register(&metrics).unwrap(),
     ));

@@ -2,61 +2,33 @@ use super::*;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use bytes::BytesMut;
-use postfix_adapter_backend::{Address, BackendError, LookupBackend, async_trait};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use postfix_adapter_backend::testkit::{Fault, StubBackend};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// A tiny backend: `user@example.org` exists, `alias@example.org` goes to two
 /// addresses, `example.org` is a domain; `fail@...` and `failing.org` error;
 /// `slow@...` never answers.
-#[derive(Default)]
-struct TableBackend {
-    calls: AtomicUsize,
-}
-
-#[async_trait]
-impl LookupBackend for TableBackend {
-    async fn aliases(&self, a: &Address) -> Result<Vec<String>, BackendError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        match a.as_str() {
-            "alias@example.org" => Ok(vec!["a@example.org".into(), "b@example.org".into()]),
-            "empty@example.org" => Ok(vec![String::new()]),
-            "fail@example.org" => Err(BackendError::Other("boom".into())),
-            "slow@example.org" => std::future::pending().await,
-            _ => Ok(vec![]),
-        }
-    }
-    async fn domain_exists(&self, d: &str) -> Result<bool, BackendError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        match d {
-            "failing.org" => Err(BackendError::Timeout),
-            d => Ok(d == "example.org"),
-        }
-    }
-    async fn mailbox_exists(&self, a: &Address) -> Result<bool, BackendError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(a.as_str() == "user@example.org")
-    }
-    async fn senders(&self, a: &Address) -> Result<Vec<String>, BackendError> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        Ok(if a.as_str() == "user@example.org" {
-            vec![a.as_str().to_owned()]
-        } else {
-            vec![]
-        })
-    }
+fn table_backend() -> StubBackend {
+    StubBackend::new()
+        .domain("example.org")
+        .mailbox("user@example.org")
+        .alias("alias@example.org", &["a@example.org", "b@example.org"])
+        .alias("empty@example.org", &[""])
+        .fault("fail@example.org", Fault::Other("boom".into()))
+        .fault("slow@example.org", Fault::Hang)
+        .fault("failing.org", Fault::Timeout)
 }
 
 struct Harness {
     client: DuplexStream,
-    backend: Arc<TableBackend>,
+    backend: Arc<StubBackend>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
     metrics: Metrics,
 }
 
 fn harness(limits: ConnectionLimits) -> Harness {
-    let backend = Arc::new(TableBackend::default());
+    let backend = Arc::new(table_backend());
     let metrics = Metrics::new().unwrap();
     let service = Arc::new(LookupService::new(
         backend.clone(),
@@ -154,7 +126,7 @@ async fn keys_that_cannot_be_addresses_never_reach_the_backend() {
     ] {
         assert_eq!(ask(&mut h, request).await, "NOTFOUND", "{request}");
     }
-    assert_eq!(h.backend.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(h.backend.call_count(), 0);
 }
 
 #[tokio::test]
@@ -285,7 +257,7 @@ async fn a_request_trickled_byte_by_byte_is_cut_off_at_its_deadline() {
 async fn a_client_that_never_reads_its_replies_is_closed_at_the_write_deadline() {
     let metrics = Metrics::new().unwrap();
     let service = Arc::new(LookupService::new(
-        Arc::new(TableBackend::default()),
+        Arc::new(table_backend()),
         Normalizer::new("+"),
         Duration::from_millis(200),
         metrics.clone(),

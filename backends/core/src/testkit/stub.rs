@@ -19,6 +19,8 @@ pub enum Fault {
     Timeout,
     /// An immediate [`BackendError::InvalidResponse`].
     InvalidResponse,
+    /// An immediate [`BackendError::Other`] with this text.
+    Other(String),
     /// The answer, after this long.
     Delay(Duration),
     /// No answer, ever (the caller's deadline must end it).
@@ -47,7 +49,8 @@ pub struct StubBackend {
     senders: HashMap<String, Vec<String>>,
     quotas: HashMap<String, SmtpQuota>,
     logins: HashMap<String, Login>,
-    faults: HashMap<String, Fault>,
+    /// By key, and by question (`None`: every question).
+    faults: HashMap<(Option<String>, String), Fault>,
     health: Option<Fault>,
     calls: Mutex<Vec<String>>,
     released: watch::Sender<bool>,
@@ -149,7 +152,16 @@ impl StubBackend {
     /// Every question naming `key` (an address, or a domain) goes wrong this way.
     #[must_use]
     pub fn fault(mut self, key: &str, fault: Fault) -> Self {
-        self.faults.insert(key.to_owned(), fault);
+        self.faults.insert((None, key.to_owned()), fault);
+        self
+    }
+
+    /// Only the `question` (`alias`, `domain`, `mailbox`, `senders`, `smtp_quota`,
+    /// `auth`) naming `key` goes wrong this way; it wins over [`fault`](Self::fault).
+    #[must_use]
+    pub fn fault_on(mut self, question: &str, key: &str, fault: Fault) -> Self {
+        self.faults
+            .insert((Some(question.to_owned()), key.to_owned()), fault);
         self
     }
 
@@ -181,7 +193,11 @@ impl StubBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(format!("{question} {key}"));
-        match self.faults.get(key) {
+        let fault = self
+            .faults
+            .get(&(Some(question.to_owned()), key.to_owned()))
+            .or_else(|| self.faults.get(&(None, key.to_owned())));
+        match fault {
             None => Ok(()),
             Some(fault) => self.apply(fault).await,
         }
@@ -192,6 +208,7 @@ impl StubBackend {
             Fault::Unavailable => Err(BackendError::unavailable("stub: connection refused")),
             Fault::Timeout => Err(BackendError::Timeout),
             Fault::InvalidResponse => Err(BackendError::InvalidResponse("stub: bad body".into())),
+            Fault::Other(text) => Err(BackendError::Other(text.clone())),
             Fault::Delay(d) => {
                 tokio::time::sleep(*d).await;
                 Ok(())
@@ -294,7 +311,8 @@ mod tests {
             .refused("spam@example.org", "disabled")
             .fault("down@example.org", Fault::Unavailable)
             .fault("slow@example.org", Fault::Delay(Duration::from_secs(2)))
-            .fault("held@example.org", Fault::Held);
+            .fault("held@example.org", Fault::Held)
+            .fault_on("alias", "user@example.org", Fault::Other("boom".into()));
         assert!(b.domain_exists("example.org").await.unwrap());
         assert!(!b.domain_exists("example.net").await.unwrap());
         assert!(b.mailbox_exists(&addr("user@example.org")).await.unwrap());
@@ -346,7 +364,15 @@ mod tests {
         let held = b.mailbox_exists(&held_address);
         let (answer, ()) = tokio::join!(held, async { b.release() });
         assert!(!answer.unwrap());
-        assert_eq!(b.call_count(), 12);
+        assert!(matches!(
+            b.aliases(&addr("user@example.org")).await,
+            Err(BackendError::Other(t)) if t == "boom"
+        ));
+        assert!(
+            b.mailbox_exists(&addr("user@example.org")).await.unwrap(),
+            "only the alias question fails"
+        );
+        assert_eq!(b.call_count(), 14);
         assert_eq!(b.take_calls()[0], "domain example.org");
         assert_eq!(b.call_count(), 0);
     }
