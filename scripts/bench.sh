@@ -63,7 +63,7 @@ run --label "backend down (mixed maps)" adapter --duration "$DURATION" --backend
 log="$(mktemp)"
 LOOKUP_BACKEND=fixture FIXTURE_PATH=examples/fixtures/demo.toml \
     SOCKETMAP_LISTEN_ADDR=127.0.0.1:0 METRICS_LISTEN_ADDR=127.0.0.1:0 \
-    SOCKETMAP_MAX_CONNECTIONS=$((IDLE_CONNECTIONS + 100)) LOG_FORMAT=json LOG_LEVEL=info \
+    MAX_CONNECTIONS=$((IDLE_CONNECTIONS + 100)) LOG_FORMAT=json LOG_LEVEL=info \
     "$ADAPTER" >"$log" 2>&1 &
 adapter_pid=$!
 cleanup() {

@@ -156,7 +156,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 /// Raises the soft open-files limit to the hard one (Go programs, upstream among them,
 /// get this from their runtime): Debian's default soft limit of 1024 is far below
-/// `SOCKETMAP_MAX_CONNECTIONS`, and a full descriptor table makes accepts fail.
+/// `MAX_CONNECTIONS`, and a full descriptor table makes accepts fail.
 fn raise_open_files_limit(config: &Config) {
     let listeners =
         1 + usize::from(config.policy_listen.is_some()) + usize::from(config.sasl_listen.is_some());
@@ -167,7 +167,7 @@ fn raise_open_files_limit(config: &Config) {
         Ok(limit) if limit < needed => tracing::warn!(
             limit,
             needed,
-            "open-files limit is below what SOCKETMAP_MAX_CONNECTIONS allows; raise LimitNOFILE \
+            "open-files limit is below what MAX_CONNECTIONS allows; raise LimitNOFILE \
              or ulimit -n, or connections beyond it fail"
         ),
         Ok(_) => {}

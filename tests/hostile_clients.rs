@@ -26,7 +26,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use userli_postfix_adapter::protocol::netstring::encode;
 
-/// How long a started request may take (SOCKETMAP_IO_TIMEOUT for these tests).
+/// How long a started request may take (IO_TIMEOUT for these tests).
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// The per-listener connection limit for these tests.
 const MAX_CONNECTIONS: usize = 400;
@@ -48,8 +48,8 @@ impl Target {
         let io_timeout = format!("{}s", IO_TIMEOUT.as_secs());
         let max_connections = MAX_CONNECTIONS.to_string();
         let adapter = Adapter::spawn_demo(&[
-            ("SOCKETMAP_IO_TIMEOUT", &io_timeout),
-            ("SOCKETMAP_MAX_CONNECTIONS", &max_connections),
+            ("IO_TIMEOUT", &io_timeout),
+            ("MAX_CONNECTIONS", &max_connections),
         ]);
         Self {
             socketmap: adapter.socketmap.clone(),

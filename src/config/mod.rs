@@ -159,11 +159,11 @@ pub struct Config {
     pub lookup_timeout: Duration,
     /// `SOCKETMAP_MAX_REQUEST_SIZE`.
     pub max_request_size: usize,
-    /// `SOCKETMAP_MAX_CONNECTIONS`.
+    /// `MAX_CONNECTIONS` (earlier `SOCKETMAP_MAX_CONNECTIONS`): per service.
     pub max_connections: usize,
     /// `SOCKETMAP_IDLE_TIMEOUT`; `None` = never.
     pub idle_timeout: Option<Duration>,
-    /// `SOCKETMAP_IO_TIMEOUT`.
+    /// `IO_TIMEOUT` (earlier `SOCKETMAP_IO_TIMEOUT`): every listener.
     pub io_timeout: Duration,
     /// `UNIX_SOCKET_MODE`.
     pub unix_socket_mode: u32,
@@ -267,6 +267,9 @@ impl Provider for EnvProvider {
 /// A merged value and the name of the layer it came from.
 struct Raw {
     values: BTreeMap<String, (String, String)>,
+    /// The name a setting was given under, where that was an earlier name (an
+    /// alias): errors name what the operator wrote.
+    given_as: BTreeMap<String, String>,
 }
 
 impl Raw {
@@ -274,6 +277,13 @@ impl Raw {
         self.values
             .get(&env.to_ascii_lowercase())
             .map(|(v, o)| (v.as_str(), o.as_str()))
+    }
+
+    /// The name to use for `env` in messages: the alias it was set under, if any.
+    fn name<'a>(&'a self, env: &'a str) -> &'a str {
+        self.given_as
+            .get(&env.to_ascii_lowercase())
+            .map_or(env, String::as_str)
     }
 
     fn required(&self, env: &str) -> (&str, &str) {
@@ -310,25 +320,42 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         figment = figment.merge(Toml::file_exact(path));
     }
 
-    // Upstream treats an empty variable like an unset one; so do we.
-    let env_vars: BTreeMap<String, String> = SETTINGS
-        .iter()
-        .filter(|s| s.env != "CONFIG_FILE")
-        .filter_map(|s| {
-            sources
-                .env
-                .get(s.env)
-                .filter(|v| !v.is_empty())
-                .map(|v| (s.env.to_owned(), v.clone()))
-        })
-        .collect();
+    // Upstream treats an empty variable like an unset one; so do we. A renamed
+    // setting is taken under its earlier names too, but only one name at a time.
+    let mut env_vars = BTreeMap::new();
+    let mut given_as = BTreeMap::new();
+    for s in SETTINGS.iter().filter(|s| s.env != "CONFIG_FILE") {
+        let set: Vec<(&str, &String)> = std::iter::once(s.env)
+            .chain(s.aliases.iter().copied())
+            .filter_map(|name| {
+                sources
+                    .env
+                    .get(name)
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (name, v))
+            })
+            .collect();
+        if let [(first, _), (second, _), ..] = set.as_slice() {
+            return Err(ConfigError(format!(
+                "{first} and {second} are the same setting (environment); set only one"
+            )));
+        }
+        if let Some((name, value)) = set.first() {
+            env_vars.insert(s.env.to_owned(), (*value).clone());
+            if *name != s.env {
+                given_as.insert(s.file_key(), (*name).to_owned());
+            }
+        }
+    }
     figment = figment.merge(EnvProvider { vars: env_vars });
 
     let merged: BTreeMap<String, Value> = figment
         .extract()
         .map_err(|e| ConfigError(format!("configuration: {}", first_line(&e.to_string()))))?;
 
-    let mut values = BTreeMap::new();
+    let mut values: BTreeMap<String, (String, String)> = BTreeMap::new();
+    // Earlier names used in the file: applied below, once the canonical keys are in.
+    let mut file_aliases = Vec::new();
     for (key, value) in merged {
         let setting = settings::find(&key.to_ascii_uppercase())
             .filter(|s| s.env != "CONFIG_FILE")
@@ -349,9 +376,29 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
                 "must be a single value, not a table or list",
             )
         })?;
-        values.insert(key, (text, origin));
+        if key == setting.file_key() {
+            values.insert(key, (text, origin));
+        } else {
+            file_aliases.push((setting, key, text, origin));
+        }
     }
-    validate(&Raw { values })
+    for (setting, alias, text, origin) in file_aliases {
+        let canonical = setting.file_key();
+        match values.get(&canonical).map(|(_, o)| o.as_str()) {
+            // The environment wins over the file, whatever name either used.
+            Some("environment") => {}
+            Some("default") | None => {
+                given_as.insert(canonical.clone(), alias.to_ascii_uppercase());
+                values.insert(canonical, (text, origin));
+            }
+            Some(_) => {
+                return Err(ConfigError(format!(
+                    "config file {origin}: {alias:?} and {canonical:?} are the same setting; set only one"
+                )));
+            }
+        }
+    }
+    validate(&Raw { values, given_as })
 }
 
 fn origin_name(meta: &Metadata, file: Option<&Path>) -> String {
@@ -402,7 +449,11 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             } else {
                 value.to_owned()
             };
-            effective.push((setting.env, shown, origin.to_owned()));
+            let origin = match raw.given_as.get(&setting.file_key()) {
+                Some(name) => format!("{origin} (as {name})"),
+                None => origin.to_owned(),
+            };
+            effective.push((setting.env, shown, origin));
         }
     }
 
@@ -526,7 +577,7 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
 
     let duration = |env: &str| -> Result<Duration, ConfigError> {
         let (v, o) = raw.required(env);
-        parse_go_duration(v).map_err(|e| ConfigError::setting(env, o, e))
+        parse_go_duration(v).map_err(|e| ConfigError::setting(raw.name(env), o, e))
     };
     let lookup_timeout = duration("LOOKUP_TIMEOUT")?;
     if lookup_timeout.is_zero() || lookup_timeout > MAX_LOOKUP_TIMEOUT {
@@ -537,11 +588,11 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
         ));
     }
     let idle_timeout = Some(duration("SOCKETMAP_IDLE_TIMEOUT")?).filter(|d| !d.is_zero());
-    let io_timeout = duration("SOCKETMAP_IO_TIMEOUT")?;
+    let io_timeout = duration("IO_TIMEOUT")?;
     if io_timeout.is_zero() {
         return Err(ConfigError::setting(
-            "SOCKETMAP_IO_TIMEOUT",
-            raw.required("SOCKETMAP_IO_TIMEOUT").1,
+            raw.name("IO_TIMEOUT"),
+            raw.required("IO_TIMEOUT").1,
             "must be more than 0",
         ));
     }
@@ -549,13 +600,12 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
 
     let number = |env: &str, min: usize, max: usize| -> Result<usize, ConfigError> {
         let (v, o) = raw.required(env);
-        let n: usize = v
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::setting(env, o, format!("{v:?} is not a whole number")))?;
+        let n: usize = v.trim().parse().map_err(|_| {
+            ConfigError::setting(raw.name(env), o, format!("{v:?} is not a whole number"))
+        })?;
         if n < min || n > max {
             return Err(ConfigError::setting(
-                env,
+                raw.name(env),
                 o,
                 format!("{n} is out of range ({min}..={max})"),
             ));
@@ -577,7 +627,7 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
             "must be more than 0",
         ));
     }
-    let max_connections = number("SOCKETMAP_MAX_CONNECTIONS", 1, 1_000_000)?;
+    let max_connections = number("MAX_CONNECTIONS", 1, 1_000_000)?;
 
     let (v, o) = raw.required("UNIX_SOCKET_MODE");
     let unix_socket_mode = u32::from_str_radix(v.trim().trim_start_matches("0o"), 8)

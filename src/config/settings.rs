@@ -14,12 +14,21 @@ pub struct Setting {
     pub upstream: bool,
     /// What the setting means, one or two sentences of Markdown.
     pub help: &'static str,
+    /// Earlier names that keep working (environment and file), for settings renamed
+    /// because their old name said less than they do.
+    pub aliases: &'static [&'static str],
 }
 
 impl Setting {
     /// The key in the TOML configuration file: the variable name in lower case.
     pub fn file_key(&self) -> String {
         self.env.to_ascii_lowercase()
+    }
+
+    /// Whether `name` (a variable name, any case) is this setting's name or alias.
+    pub fn is_named(&self, name: &str) -> bool {
+        self.env.eq_ignore_ascii_case(name)
+            || self.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
     }
 }
 
@@ -35,6 +44,24 @@ const fn s(
         secret: false,
         upstream,
         help,
+        aliases: &[],
+    }
+}
+
+/// A setting that also answers to `aliases`, its earlier names.
+const fn renamed(
+    env: &'static str,
+    aliases: &'static [&'static str],
+    default: Option<&'static str>,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        env,
+        default,
+        secret: false,
+        upstream: false,
+        help,
+        aliases,
     }
 }
 
@@ -46,6 +73,7 @@ pub const SETTINGS: &[Setting] = &[
         secret: true,
         upstream: true,
         help: "API token for userli's `/api/postfix` endpoints. Required with the `userli` backend. Never logged or printed.",
+        aliases: &[],
     },
     Setting {
         env: "USERLI_TOKEN_FILE",
@@ -53,6 +81,7 @@ pub const SETTINGS: &[Setting] = &[
         secret: false,
         upstream: false,
         help: "Read the token from this file instead (trailing newline removed); for Docker/systemd secrets. Setting both is an error.",
+        aliases: &[],
     },
     s(
         "USERLI_BASE_URL",
@@ -174,6 +203,7 @@ pub const SETTINGS: &[Setting] = &[
         secret: true,
         upstream: true,
         help: "Keep the quota windows in Redis (`redis://[:password@]host:port/db`) so several adapter instances share one quota. Unset: embedded store in `STATE_DIRECTORY`. Upstream required it; here it is optional.",
+        aliases: &[],
     },
     s(
         "STATE_DIRECTORY",
@@ -259,11 +289,11 @@ pub const SETTINGS: &[Setting] = &[
         false,
         "Largest accepted request netstring payload in bytes (Postfix sends at most 10000-byte keys); a larger declared length closes the connection before anything is buffered.",
     ),
-    s(
-        "SOCKETMAP_MAX_CONNECTIONS",
+    renamed(
+        "MAX_CONNECTIONS",
+        &["SOCKETMAP_MAX_CONNECTIONS"],
         Some("10000"),
-        false,
-        "Concurrent socketmap connections; further connections are closed at once and counted.",
+        "Concurrent connections per service: socketmap, policy and SASL each have this many slots (earlier name `SOCKETMAP_MAX_CONNECTIONS`, still accepted). Further connections are closed at once and counted (`connection_pool_full_total` and the policy and SASL counterparts).",
     ),
     s(
         "SOCKETMAP_IDLE_TIMEOUT",
@@ -271,11 +301,11 @@ pub const SETTINGS: &[Setting] = &[
         false,
         "Close a connection that has sent nothing for this long (`0` = never). Postfix reconnects transparently.",
     ),
-    s(
-        "SOCKETMAP_IO_TIMEOUT",
+    renamed(
+        "IO_TIMEOUT",
+        &["SOCKETMAP_IO_TIMEOUT"],
         Some("10s"),
-        false,
-        "Deadline for a started request (a socketmap netstring, a policy request, a SASL line) to arrive in full, counted from its first byte, and for writing a reply; a client trickling bytes is cut off at it.",
+        "On every listener (socketmap, policy, SASL; earlier name `SOCKETMAP_IO_TIMEOUT`, still accepted): the deadline for a started request (a socketmap netstring, a policy request, a SASL line) to arrive in full, counted from its first byte, and for writing a reply; a client trickling bytes is cut off at it.",
     ),
     s(
         "UNIX_SOCKET_MODE",
@@ -297,9 +327,11 @@ pub const SETTINGS: &[Setting] = &[
     ),
 ];
 
-/// Looks a setting up by variable name.
+/// Looks a setting up by variable name (or one of its earlier names).
 pub fn find(env: &str) -> Option<&'static Setting> {
-    SETTINGS.iter().find(|s| s.env == env)
+    SETTINGS
+        .iter()
+        .find(|s| s.env == env || s.aliases.contains(&env))
 }
 
 /// The configuration reference as a Markdown table (embedded in the README).
@@ -315,8 +347,9 @@ pub fn reference_markdown() -> String {
             None => "—".to_owned(),
         };
         let origin = if s.upstream { "" } else { " *(new)*" };
+        let aliases: String = s.aliases.iter().map(|a| format!("<br>`{a}`")).collect();
         out.push_str(&format!(
-            "| `{}`{origin} | `{}` | {default} | {} |\n",
+            "| `{}`{origin}{aliases} | `{}` | {default} | {} |\n",
             s.env,
             s.file_key(),
             s.help

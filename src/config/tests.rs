@@ -232,6 +232,74 @@ fn unrelated_environment_is_ignored() {
 }
 
 #[test]
+fn renamed_settings_keep_their_earlier_names() {
+    for (env_name, value) in [
+        ("MAX_CONNECTIONS", "500"),
+        ("SOCKETMAP_MAX_CONNECTIONS", "500"),
+    ] {
+        let c = load(&env(&[("USERLI_TOKEN", "t"), (env_name, value)])).unwrap();
+        assert_eq!(c.max_connections, 500, "{env_name}");
+    }
+    let c = load(&env(&[
+        ("USERLI_TOKEN", "t"),
+        ("SOCKETMAP_IO_TIMEOUT", "3s"),
+    ]))
+    .unwrap();
+    assert_eq!(c.io_timeout, Duration::from_secs(3));
+    assert!(
+        c.render_effective()
+            .contains("IO_TIMEOUT=3s  # environment (as SOCKETMAP_IO_TIMEOUT)"),
+        "{}",
+        c.render_effective()
+    );
+    // Errors name what was written.
+    assert_eq!(
+        err(&[("USERLI_TOKEN", "t"), ("IO_TIMEOUT", "0s")]),
+        "IO_TIMEOUT (environment): must be more than 0"
+    );
+    assert_eq!(
+        err(&[("USERLI_TOKEN", "t"), ("SOCKETMAP_IO_TIMEOUT", "0s")]),
+        "SOCKETMAP_IO_TIMEOUT (environment): must be more than 0"
+    );
+    // Both names at once is a mistake.
+    assert!(
+        err(&[
+            ("USERLI_TOKEN", "t"),
+            ("MAX_CONNECTIONS", "5"),
+            ("SOCKETMAP_MAX_CONNECTIONS", "6")
+        ])
+        .contains("are the same setting")
+    );
+    // In the file too, under either name; the environment still wins.
+    let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    writeln!(f, "socketmap_max_connections = 42\nio_timeout = \"4s\"").unwrap();
+    let sources = Sources {
+        file: Some(f.path().to_owned()),
+        env: [("USERLI_TOKEN", "t")]
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    };
+    let c = load(&sources).unwrap();
+    assert_eq!(
+        (c.max_connections, c.io_timeout),
+        (42, Duration::from_secs(4))
+    );
+    let mut both = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+    writeln!(both, "socketmap_max_connections = 42\nmax_connections = 43").unwrap();
+    let sources = Sources {
+        file: Some(both.path().to_owned()),
+        ..sources
+    };
+    assert!(
+        load(&sources)
+            .unwrap_err()
+            .to_string()
+            .contains("are the same setting")
+    );
+}
+
+#[test]
 fn idle_timeout_zero_means_never() {
     let c = load(&env(&[
         ("USERLI_TOKEN", "t"),
