@@ -141,11 +141,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let backend = TableBackend::parse(&text).map_err(|e| e.to_string())?;
 
-    // The path is never read: the engine's configuration only decides listeners
-    // and limits here, the backend is ours.
-    let mut config = Config::for_fixture("unused.toml");
-    config.socketmap_listen = ListenAddr::parse("127.0.0.1:10001")?;
-    config.metrics_listen = ListenAddr::parse("127.0.0.1:10002")?;
+    // The engine's defaults for a backend of our own: its configuration only
+    // decides listeners and limits here.
+    let mut config = Config::embedded();
+    config.listeners.socketmap = ListenAddr::parse("127.0.0.1:10001")?;
+    config.listeners.metrics = ListenAddr::parse("127.0.0.1:10002")?;
 
     let server = Server::bind(config, Arc::new(backend), Metrics::new()?).await?;
     println!(
@@ -202,9 +202,9 @@ mod tests {
     #[tokio::test]
     async fn serves_a_real_socket() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut config = Config::for_fixture("unused.toml");
-        config.socketmap_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
-        config.metrics_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
+        let mut config = Config::embedded();
+        config.listeners.socketmap = ListenAddr::parse("127.0.0.1:0").unwrap();
+        config.listeners.metrics = ListenAddr::parse("127.0.0.1:0").unwrap();
         let backend = Arc::new(TableBackend::parse(SAMPLE).unwrap());
         let server = Server::bind(config, backend, Metrics::new().unwrap())
             .await

@@ -821,12 +821,12 @@ async fn start_adapter(
     lookup_timeout: Duration,
     max_connections: usize,
 ) -> Result<Running, BoxError> {
-    // The fixture path is never read: the backend is ours.
-    let mut config = Config::for_fixture("unused.toml");
-    config.socketmap_listen = ListenAddr::parse(listen)?;
-    config.metrics_listen = ListenAddr::parse("127.0.0.1:0")?;
-    config.lookup_timeout = lookup_timeout;
-    config.max_connections = config.max_connections.max(max_connections);
+    // Defaults for an engine with a backend of its own.
+    let mut config = Config::embedded();
+    config.listeners.socketmap = ListenAddr::parse(listen)?;
+    config.listeners.metrics = ListenAddr::parse("127.0.0.1:0")?;
+    config.lookups.timeout = lookup_timeout;
+    config.listeners.max_connections = config.listeners.max_connections.max(max_connections);
     let server = Server::bind(config, backend.clone(), Metrics::new()?).await?;
     let LocalAddr::Tcp(addr) = server.socketmap_addrs()[0].clone() else {
         return Err("the socketmap listener is not TCP".into());

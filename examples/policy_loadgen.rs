@@ -103,11 +103,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&fixture_path, fixture(args.logins))?;
 
     let mut config = Config::for_fixture(&fixture_path);
-    config.socketmap_listen = ListenAddr::parse("127.0.0.1:0")?;
-    config.metrics_listen = ListenAddr::parse("127.0.0.1:0")?;
-    config.policy_listen = Some(ListenAddr::parse("127.0.0.1:0")?);
-    config.state_directory = dir.join("state");
-    config.redis_url = args.redis_url.clone().map(Secret::new);
+    config.listeners.socketmap = ListenAddr::parse("127.0.0.1:0")?;
+    config.listeners.metrics = ListenAddr::parse("127.0.0.1:0")?;
+    config.listeners.policy = Some(ListenAddr::parse("127.0.0.1:0")?);
+    config.policy.state_directory = dir.join("state");
+    config.policy.redis_url = args.redis_url.clone().map(Secret::new);
 
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

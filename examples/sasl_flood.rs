@@ -319,14 +319,15 @@ fn main() -> Result<(), BoxError> {
     });
     let metrics = Metrics::new()?;
     let (socketmap, sasl, http, stop_server, server_task) = server_rt.block_on(async {
-        // The fixture path is never read: the directory is ours.
-        let mut config = Config::for_fixture("unused.toml");
-        config.socketmap_listen = ListenAddr::parse("127.0.0.1:0")?;
-        config.metrics_listen = ListenAddr::parse("127.0.0.1:0")?;
-        config.sasl_listen = Some(ListenAddr::parse("127.0.0.1:0")?);
-        config.sasl_failure_delay = cli.failure_delay;
+        // Defaults for an engine with a backend of its own.
+        let mut config = Config::embedded();
+        config.listeners.socketmap = ListenAddr::parse("127.0.0.1:0")?;
+        config.listeners.metrics = ListenAddr::parse("127.0.0.1:0")?;
+        config.listeners.sasl = Some(ListenAddr::parse("127.0.0.1:0")?);
+        config.sasl.failure_delay = cli.failure_delay;
         // Long-lived flood connections: one slot each.
-        config.max_connections = config
+        config.listeners.max_connections = config
+            .listeners
             .max_connections
             .max(cli.flood_connections as usize + 64);
         let server = Server::bind(config, directory.clone(), metrics.clone()).await?;

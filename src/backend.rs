@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use postfix_adapter_backend::LookupBackend;
 
-use crate::cache::{CacheSettings, CachedBackend};
+use crate::cache::CachedBackend;
 #[allow(unused_imports)]
 use crate::config::{BackendKind, Config};
 use crate::metrics::Metrics;
@@ -33,20 +33,22 @@ pub fn build_backend(
     metrics: &Metrics,
 ) -> Result<Arc<dyn LookupBackend>, BuildError> {
     let _ = metrics;
-    match config.backend {
+    match config.backend.kind {
         #[cfg(feature = "backend-userli")]
         BackendKind::Userli => {
             use postfix_adapter_backend_userli::{UserliBackend, UserliConfig};
             let token = config
+                .backend
                 .userli_token
                 .as_ref()
                 .ok_or(BuildError::Missing("USERLI_TOKEN is required"))?;
-            let mut userli = UserliConfig::new(config.userli_base_url.clone(), token.expose());
+            let mut userli =
+                UserliConfig::new(config.backend.userli_base_url.clone(), token.expose());
             // Callers get their answer (or stale, or TEMP) at the engine's deadline;
             // the request itself may run a little longer so a slow but alive userli
             // still fills the cache.
-            userli.timeout = config.backend_call_timeout();
-            userli.max_idle_per_host = config.backend_max_concurrency;
+            userli.timeout = config.lookups.backend_call_timeout();
+            userli.max_idle_per_host = config.lookups.backend_max_concurrency;
             let backend = UserliBackend::new(userli, Some(metrics.registry()))
                 .map_err(|e| BuildError::Backend(e.to_string()))?;
             Ok(Arc::new(backend))
@@ -55,6 +57,7 @@ pub fn build_backend(
         BackendKind::Fixture => {
             use postfix_adapter_backend_fixture::FixtureBackend;
             let path = config
+                .backend
                 .fixture_path
                 .as_ref()
                 .ok_or(BuildError::Missing("FIXTURE_PATH is required"))?;
@@ -62,6 +65,9 @@ pub fn build_backend(
                 FixtureBackend::load(path).map_err(|e| BuildError::Backend(e.to_string()))?;
             Ok(Arc::new(backend))
         }
+        BackendKind::Custom => Err(BuildError::Missing(
+            "a custom backend is passed to Server::bind, not built from the configuration",
+        )),
         #[allow(unreachable_patterns)]
         other => Err(BuildError::NotCompiled(other.as_str())),
     }
@@ -92,24 +98,17 @@ pub fn protect(
     metrics: &Metrics,
 ) -> (Arc<dyn LookupBackend>, Arc<CircuitBreaker>) {
     let breaker = Arc::new(CircuitBreaker::new(
-        config.breaker_failures,
-        config.breaker_cooldown,
+        config.lookups.breaker_failures,
+        config.lookups.breaker_cooldown,
         metrics.breaker_state.clone(),
     ));
     let guarded = Arc::new(GuardedBackend::new(
         backend,
         breaker.clone(),
-        config.backend_max_concurrency,
+        config.lookups.backend_max_concurrency,
         metrics.backend_in_flight.clone(),
     ));
-    let settings = CacheSettings {
-        positive_ttl: config.cache_ttl,
-        negative_ttl: config.negative_cache_ttl,
-        stale_ttl: config.cache_stale_ttl,
-        max_entries: config.cache_size,
-        deadline: config.lookup_timeout,
-        call_timeout: config.backend_call_timeout(),
-    };
+    let settings = config.lookups.cache_settings();
     let cached = Arc::new(CachedBackend::new(
         guarded,
         settings,

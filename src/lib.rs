@@ -68,12 +68,12 @@ use crate::lookup::LookupService;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
 use crate::policy::store::QuotaStore;
-use crate::policy::{CountMode, PolicyMetrics, PolicyService, PolicySettings, StoreFlusher};
+use crate::policy::{PolicyMetrics, PolicyService, StoreFlusher};
 use crate::resilience::CircuitBreaker;
-use crate::sasl::{SaslMetrics, SaslService, SaslSettings, ThrottleSettings};
-use crate::server::policy::{PolicyHandler, PolicyLimits};
+use crate::sasl::{SaslMetrics, SaslService};
+use crate::server::policy::PolicyHandler;
 use crate::server::sasl::SaslHandler;
-use crate::server::socketmap::{ConnectionLimits, SocketmapHandler};
+use crate::server::socketmap::SocketmapHandler;
 use crate::server::{BindError, BoundListener, ConnectionMetrics, LocalAddr};
 
 /// A server with every listener bound, ready to [`run`](Server::run).
@@ -131,11 +131,11 @@ impl Server {
             .build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), backend.name()])
             .set(1);
-        let mode = config.unix_socket_mode;
-        let socketmap = server::bind(&config.socketmap_listen, mode).await?;
-        let http = server::bind(&config.metrics_listen, mode).await?;
-        let policy_listeners = bind_optional(config.policy_listen.as_ref(), mode).await?;
-        let sasl_listeners = bind_optional(config.sasl_listen.as_ref(), mode).await?;
+        let mode = config.listeners.unix_socket_mode;
+        let socketmap = server::bind(&config.listeners.socketmap, mode).await?;
+        let http = server::bind(&config.listeners.metrics, mode).await?;
+        let policy_listeners = bind_optional(config.listeners.policy.as_ref(), mode).await?;
+        let sasl_listeners = bind_optional(config.listeners.sasl.as_ref(), mode).await?;
 
         // Password checks go to the bare backend through their own breaker and
         // slots (see `sasl`): a login flood must never starve lookups.
@@ -160,11 +160,11 @@ impl Server {
         let service = Arc::new(
             LookupService::new(
                 backend,
-                Normalizer::new(&config.recipient_delimiter),
+                Normalizer::new(&config.lookups.recipient_delimiter),
                 None,
                 metrics.clone(),
             )
-            .with_overall_deadline(config.lookup_timeout),
+            .with_overall_deadline(config.lookups.timeout),
         );
         Ok(Self {
             config,
@@ -233,20 +233,13 @@ impl Server {
         let mut services = server::Services {
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
-            allowed: Arc::new(config.allowed_clients.clone()),
-            max_connections: config.max_connections,
+            allowed: Arc::new(config.listeners.allowed_clients.clone()),
+            max_connections: config.listeners.max_connections,
             metrics: &metrics,
             accept_loops: Vec::new(),
         };
 
-        let handler = SocketmapHandler::new(
-            service.clone(),
-            ConnectionLimits {
-                max_request_size: config.max_request_size,
-                idle_timeout: config.idle_timeout,
-                io_timeout: config.io_timeout,
-            },
-        );
+        let handler = SocketmapHandler::new(service.clone(), config.listeners.socketmap_limits());
         services.start(
             "socketmap",
             socketmap,
@@ -257,13 +250,7 @@ impl Server {
         let mut flusher = None;
         if let Some((policy, listeners)) = policy {
             tracing::info!(store = policy.store().name(), "policy quota store ready");
-            let handler = PolicyHandler::new(
-                policy.clone(),
-                PolicyLimits {
-                    idle_timeout: config.policy_idle_timeout,
-                    io_timeout: config.io_timeout,
-                },
-            );
+            let handler = PolicyHandler::new(policy.clone(), config.listeners.policy_limits());
             services.start(
                 "policy",
                 listeners,
@@ -274,7 +261,7 @@ impl Server {
         }
 
         if let Some((sasl, listeners)) = sasl {
-            let handler = SaslHandler::new(sasl.clone(), config.io_timeout);
+            let handler = SaslHandler::new(sasl.clone(), config.listeners.io_timeout);
             services.start(
                 "sasl",
                 listeners,
@@ -300,7 +287,7 @@ impl Server {
         shutdown.await;
         tracing::info!("Shutting down server...");
         readiness.set_stopping();
-        services.drain(config.shutdown_grace).await;
+        services.drain(config.listeners.shutdown_grace).await;
         if let Some(flusher) = flusher {
             flusher.finish().await;
         }
@@ -331,23 +318,8 @@ fn policy_service(
     Ok(PolicyService::new(
         backend,
         store,
-        Normalizer::new(&config.recipient_delimiter),
-        PolicySettings {
-            message: config.rate_limit_message.clone(),
-            defer_over_quota: config.policy_defer_over_quota,
-            fail_closed: config.policy_fail_closed,
-            sender_fallback: config.policy_sender_fallback,
-            count: if config.policy_count_recipients {
-                CountMode::Recipients
-            } else {
-                CountMode::Messages
-            },
-            timeout: config.lookup_timeout,
-            // The backend's breaker settings serve the store too: both say how soon
-            // to stop waiting for something that keeps failing.
-            store_breaker_failures: config.breaker_failures,
-            store_breaker_cooldown: config.breaker_cooldown,
-        },
+        Normalizer::new(&config.lookups.recipient_delimiter),
+        config.policy.settings(&config.lookups),
         PolicyMetrics::register(metrics).map_err(ServerError::Metrics)?,
     ))
 }
@@ -359,19 +331,7 @@ fn sasl_service(
 ) -> Result<SaslService, ServerError> {
     Ok(SaslService::new(
         backend,
-        SaslSettings {
-            timeout: config.lookup_timeout,
-            throttle: ThrottleSettings {
-                base_delay: config.sasl_failure_delay,
-                max_delay: config.sasl_max_failure_delay,
-                lockout_failures: config.sasl_lockout_failures,
-                window: config.sasl_failure_window,
-            },
-            max_checks: config.sasl_max_checks,
-            max_checks_per_client: config.sasl_max_checks_per_client,
-            breaker_failures: config.breaker_failures,
-            breaker_cooldown: config.breaker_cooldown,
-        },
+        config.sasl.settings(&config.lookups),
         SaslMetrics::register(metrics).map_err(ServerError::Metrics)?,
     ))
 }

@@ -111,7 +111,12 @@ fn init_logging(config: &Config, to_stdout: bool) {
     } else {
         std::io::stderr().is_terminal()
     };
-    userli_postfix_adapter::logging::init(config.log_level, config.log_format, writer, ansi);
+    userli_postfix_adapter::logging::init(
+        config.logging.level,
+        config.logging.format,
+        writer,
+        ansi,
+    );
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
@@ -158,11 +163,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 /// get this from their runtime): Debian's default soft limit of 1024 is far below
 /// `MAX_CONNECTIONS`, and a full descriptor table makes accepts fail.
 fn raise_open_files_limit(config: &Config) {
-    let listeners =
-        1 + usize::from(config.policy_listen.is_some()) + usize::from(config.sasl_listen.is_some());
+    let listeners = 1
+        + usize::from(config.listeners.policy.is_some())
+        + usize::from(config.listeners.sasl.is_some());
     // Each connection is one descriptor; the rest is listeners, backend and Redis
     // connections, the state file and the metrics server.
-    let needed = (listeners * config.max_connections + 256) as u64;
+    let needed = (listeners * config.listeners.max_connections + 256) as u64;
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if limit < needed => tracing::warn!(
             limit,
@@ -180,8 +186,8 @@ async fn query(config: Config, map: &str, key: &str) -> anyhow::Result<ExitCode>
     let backend = backend::build_backend(&config, &metrics).context("starting the backend")?;
     let service = LookupService::new(
         Arc::clone(&backend),
-        Normalizer::new(&config.recipient_delimiter),
-        config.lookup_timeout,
+        Normalizer::new(&config.lookups.recipient_delimiter),
+        config.lookups.timeout,
         metrics,
     );
     let reply = match MapName::parse(map) {

@@ -49,10 +49,10 @@ async fn scrape_from(source: &str, addr: SocketAddr) -> String {
 #[tokio::test]
 async fn only_allowed_networks_get_in_on_every_listener() {
     let mut config = loopback_config(Config::for_fixture(demo_fixture()));
-    config.policy_listen = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
-    config.sasl_listen = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
-    config.state_directory = tempfile::tempdir().unwrap().keep();
-    config.allowed_clients = AllowedClients::parse("127.0.0.2/32").unwrap();
+    config.listeners.policy = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+    config.listeners.sasl = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+    config.policy.state_directory = tempfile::tempdir().unwrap().keep();
+    config.listeners.allowed_clients = AllowedClients::parse("127.0.0.2/32").unwrap();
     let metrics = Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
     let server = common::start_with_metrics(config, backend, metrics).await;
@@ -115,8 +115,8 @@ async fn the_default_admits_loopback() {
 #[tokio::test]
 async fn ipv4_mapped_peers_of_a_dual_stack_listener_count_as_ipv4() {
     let mut config = loopback_config(Config::for_fixture(demo_fixture()));
-    config.socketmap_listen = ListenAddr::parse(":0").unwrap();
-    config.allowed_clients = AllowedClients::parse("127.0.0.0/8").unwrap();
+    config.listeners.socketmap = ListenAddr::parse(":0").unwrap();
+    config.listeners.allowed_clients = AllowedClients::parse("127.0.0.0/8").unwrap();
     let metrics = Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
     let server = common::start_with_metrics(config, backend, metrics.clone()).await;

@@ -417,11 +417,11 @@ async fn two_adapters_share_one_quota_and_fail_open_without_redis() {
     let mut servers = Vec::new();
     for _ in 0..2 {
         let mut config = Config::for_fixture(&fixture);
-        config.socketmap_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
-        config.metrics_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
-        config.policy_listen = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
-        config.redis_url = Some(userli_postfix_adapter::config::Secret::new(redis.url()));
-        config.lookup_timeout = Duration::from_millis(300);
+        config.listeners.socketmap = ListenAddr::parse("127.0.0.1:0").unwrap();
+        config.listeners.metrics = ListenAddr::parse("127.0.0.1:0").unwrap();
+        config.listeners.policy = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+        config.policy.redis_url = Some(userli_postfix_adapter::config::Secret::new(redis.url()));
+        config.lookups.timeout = Duration::from_millis(300);
         let metrics = userli_postfix_adapter::metrics::Metrics::new().unwrap();
         let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
         let server = userli_postfix_adapter::Server::bind(config, backend, metrics.clone())

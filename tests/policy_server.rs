@@ -27,8 +27,8 @@ fn eom(login: &str) -> String {
 
 async fn start_policy(fixture: &Path, state: &Path, policy: &str) -> Running {
     let mut config = loopback_config(Config::for_fixture(fixture));
-    config.policy_listen = Some(ListenAddr::parse(policy).unwrap());
-    config.state_directory = state.to_owned();
+    config.listeners.policy = Some(ListenAddr::parse(policy).unwrap());
+    config.policy.state_directory = state.to_owned();
     let metrics = Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
     start_with_metrics(config, backend, metrics).await

@@ -173,8 +173,8 @@ async fn fixture_logins_over_a_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("auth");
     let mut config = loopback_config(Config::for_fixture(common::demo_fixture()));
-    config.sasl_listen = Some(ListenAddr::Unix(path.clone()));
-    config.sasl_failure_delay = Duration::ZERO;
+    config.listeners.sasl = Some(ListenAddr::Unix(path.clone()));
+    config.sasl.failure_delay = Duration::ZERO;
     let metrics = Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
     let server = start_with_metrics(config, backend, metrics).await;
@@ -212,9 +212,9 @@ async fn fixture_logins_over_a_unix_socket() {
 #[tokio::test]
 async fn repeated_failures_are_slowed_down() {
     let mut config = loopback_config(Config::for_fixture(common::demo_fixture()));
-    config.sasl_listen = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
-    config.sasl_failure_delay = Duration::from_millis(100);
-    config.sasl_max_failure_delay = Duration::from_millis(400);
+    config.listeners.sasl = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+    config.sasl.failure_delay = Duration::from_millis(100);
+    config.sasl.max_failure_delay = Duration::from_millis(400);
     let metrics = Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
     let server = start_with_metrics(config, backend, metrics).await;
@@ -391,8 +391,8 @@ async fn failures_take_as_long_for_unknown_users(hash: &str, what: &str) {
     text.push_str("[[users]]\nemail = \"deleted@example.org\"\ndeleted = true\n");
     std::fs::write(&fixture, text).unwrap();
     let mut config = loopback_config(Config::for_fixture(&fixture));
-    config.sasl_listen = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
-    config.sasl_failure_delay = Duration::from_millis(250);
+    config.listeners.sasl = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+    config.sasl.failure_delay = Duration::from_millis(250);
     let metrics = Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
     let server = start_with_metrics(config, backend, metrics).await;

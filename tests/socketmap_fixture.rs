@@ -44,8 +44,8 @@ async fn answers_over_a_unix_socket_with_the_configured_mode() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("socketmap.sock");
     let mut config = loopback_config(Config::for_fixture(common::demo_fixture()));
-    config.socketmap_listen = ListenAddr::Unix(path.clone());
-    config.unix_socket_mode = 0o640;
+    config.listeners.socketmap = ListenAddr::Unix(path.clone());
+    config.listeners.unix_socket_mode = 0o640;
     let metrics = userli_postfix_adapter::metrics::Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
     let server = start(config, backend).await;
@@ -131,7 +131,7 @@ fn slow_backend() -> StubBackend {
 #[tokio::test]
 async fn shutdown_answers_in_flight_requests_and_closes_idle_connections() {
     let server = start(
-        loopback_config(Config::for_fixture("unused")),
+        loopback_config(Config::embedded()),
         Arc::new(slow_backend()),
     )
     .await;
@@ -171,7 +171,7 @@ async fn shutdown_answers_in_flight_requests_and_closes_idle_connections() {
 #[tokio::test]
 async fn connection_limit_closes_extra_connections_and_counts_them() {
     let mut config = loopback_config(Config::for_fixture(common::demo_fixture()));
-    config.max_connections = 2;
+    config.listeners.max_connections = 2;
     let metrics = userli_postfix_adapter::metrics::Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
     let server = start(config, backend).await;

@@ -18,15 +18,15 @@ fn err(pairs: &[(&str, &str)]) -> String {
 #[test]
 fn upstream_defaults() {
     let c = load(&env(&[("USERLI_TOKEN", "t")])).unwrap();
-    assert_eq!(c.backend, BackendKind::Userli);
-    assert_eq!(c.userli_base_url.as_str(), "http://localhost:8000/");
-    assert_eq!(c.socketmap_listen, ListenAddr::AnyHost(10001));
-    assert_eq!(c.metrics_listen, ListenAddr::AnyHost(10002));
-    assert_eq!(c.recipient_delimiter, "");
-    assert_eq!(c.log_level, LogLevel::Info);
-    assert_eq!(c.lookup_timeout, Duration::from_secs(3));
-    assert_eq!(c.max_connections, 10_000);
-    assert_eq!(c.unix_socket_mode, 0o660);
+    assert_eq!(c.backend.kind, BackendKind::Userli);
+    assert_eq!(c.backend.userli_base_url.as_str(), "http://localhost:8000/");
+    assert_eq!(c.listeners.socketmap, ListenAddr::AnyHost(10001));
+    assert_eq!(c.listeners.metrics, ListenAddr::AnyHost(10002));
+    assert_eq!(c.lookups.recipient_delimiter, "");
+    assert_eq!(c.logging.level, LogLevel::Info);
+    assert_eq!(c.lookups.timeout, Duration::from_secs(3));
+    assert_eq!(c.listeners.max_connections, 10_000);
+    assert_eq!(c.listeners.unix_socket_mode, 0o660);
 }
 
 #[test]
@@ -38,7 +38,7 @@ fn token_is_required_for_userli_with_upstream_wording() {
 #[test]
 fn all_digit_token_stays_a_string() {
     let c = load(&env(&[("USERLI_TOKEN", "0012345")])).unwrap();
-    assert_eq!(c.userli_token.unwrap().expose(), "0012345");
+    assert_eq!(c.backend.userli_token.unwrap().expose(), "0012345");
 }
 
 #[test]
@@ -58,7 +58,7 @@ fn token_file_is_read_and_exclusive() {
     writeln!(f, "from-file").unwrap();
     let path = f.path().to_str().unwrap();
     let c = load(&env(&[("USERLI_TOKEN_FILE", path)])).unwrap();
-    assert_eq!(c.userli_token.unwrap().expose(), "from-file");
+    assert_eq!(c.backend.userli_token.unwrap().expose(), "from-file");
     assert!(err(&[("USERLI_TOKEN_FILE", path), ("USERLI_TOKEN", "x")]).contains("only one"));
     assert!(err(&[("USERLI_TOKEN_FILE", "/nonexistent/token")]).starts_with("USERLI_TOKEN_FILE"));
 }
@@ -142,8 +142,8 @@ fn fixture_backend_needs_no_token_but_a_path() {
         ("FIXTURE_PATH", "x.toml"),
     ]))
     .unwrap();
-    assert_eq!(c.backend, BackendKind::Fixture);
-    assert!(c.userli_token.is_none());
+    assert_eq!(c.backend.kind, BackendKind::Fixture);
+    assert!(c.backend.userli_token.is_none());
 }
 
 #[test]
@@ -157,10 +157,14 @@ fn file_is_layered_under_the_environment() {
     let mut sources = env(&[("LOG_LEVEL", "warn")]);
     sources.file = Some(f.path().to_owned());
     let c = load(&sources).unwrap();
-    assert_eq!(c.userli_token.unwrap().expose(), "12345");
-    assert_eq!(c.lookup_timeout, Duration::from_secs(5));
-    assert_eq!(c.max_connections, 20);
-    assert_eq!(c.log_level, LogLevel::Warn, "environment beats the file");
+    assert_eq!(c.backend.userli_token.unwrap().expose(), "12345");
+    assert_eq!(c.lookups.timeout, Duration::from_secs(5));
+    assert_eq!(c.listeners.max_connections, 20);
+    assert_eq!(
+        c.logging.level,
+        LogLevel::Warn,
+        "environment beats the file"
+    );
     let shown = c
         .effective
         .iter()
@@ -174,7 +178,7 @@ fn config_file_from_env_variable() {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     writeln!(f, "userli_token = \"abc\"").unwrap();
     let c = load(&env(&[("CONFIG_FILE", f.path().to_str().unwrap())])).unwrap();
-    assert_eq!(c.userli_token.unwrap().expose(), "abc");
+    assert_eq!(c.backend.userli_token.unwrap().expose(), "abc");
 }
 
 #[test]
@@ -238,14 +242,14 @@ fn renamed_settings_keep_their_earlier_names() {
         ("SOCKETMAP_MAX_CONNECTIONS", "500"),
     ] {
         let c = load(&env(&[("USERLI_TOKEN", "t"), (env_name, value)])).unwrap();
-        assert_eq!(c.max_connections, 500, "{env_name}");
+        assert_eq!(c.listeners.max_connections, 500, "{env_name}");
     }
     let c = load(&env(&[
         ("USERLI_TOKEN", "t"),
         ("SOCKETMAP_IO_TIMEOUT", "3s"),
     ]))
     .unwrap();
-    assert_eq!(c.io_timeout, Duration::from_secs(3));
+    assert_eq!(c.listeners.io_timeout, Duration::from_secs(3));
     assert!(
         c.render_effective()
             .contains("IO_TIMEOUT=3s  # environment (as SOCKETMAP_IO_TIMEOUT)"),
@@ -282,7 +286,7 @@ fn renamed_settings_keep_their_earlier_names() {
     };
     let c = load(&sources).unwrap();
     assert_eq!(
-        (c.max_connections, c.io_timeout),
+        (c.listeners.max_connections, c.listeners.io_timeout),
         (42, Duration::from_secs(4))
     );
     let mut both = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
@@ -306,28 +310,78 @@ fn idle_timeout_zero_means_never() {
         ("SOCKETMAP_IDLE_TIMEOUT", "0"),
     ]))
     .unwrap();
-    assert_eq!(c.idle_timeout, None);
+    assert_eq!(c.listeners.socketmap_idle_timeout, None);
+}
+
+#[test]
+fn embedding_needs_no_backend_settings() {
+    let c = Config::embedded();
+    assert_eq!(c.backend.kind, BackendKind::Custom);
+    assert!(c.backend.fixture_path.is_none() && c.backend.userli_token.is_none());
+    assert!(c.listeners.policy.is_none(), "policy off, as for_fixture");
+    assert_eq!(c.lookups.timeout, Duration::from_secs(3), "defaults");
+}
+
+#[test]
+fn sections_produce_their_components_settings() {
+    let c = load(&env(&[
+        ("USERLI_TOKEN", "t"),
+        ("LOOKUP_TIMEOUT", "2s"),
+        ("CIRCUIT_BREAKER_FAILURES", "7"),
+        ("SASL_MAX_CHECKS_PER_CLIENT", "2"),
+        ("POLICY_COUNT", "recipients"),
+        ("IO_TIMEOUT", "4s"),
+    ]))
+    .unwrap();
+    let sasl = c.sasl.settings(&c.lookups);
+    assert_eq!(
+        (
+            sasl.timeout,
+            sasl.breaker_failures,
+            sasl.max_checks_per_client
+        ),
+        (Duration::from_secs(2), 7, 2)
+    );
+    let policy = c.policy.settings(&c.lookups);
+    assert_eq!(policy.count, crate::policy::CountMode::Recipients);
+    assert_eq!(policy.store_breaker_failures, 7);
+    let cache = c.lookups.cache_settings();
+    assert_eq!(
+        (cache.deadline, cache.call_timeout),
+        (Duration::from_secs(2), Duration::from_secs(4))
+    );
+    assert_eq!(
+        c.listeners.socketmap_limits().io_timeout,
+        Duration::from_secs(4)
+    );
+    assert_eq!(
+        c.listeners.policy_limits().io_timeout,
+        Duration::from_secs(4)
+    );
 }
 
 #[test]
 fn for_fixture_builds() {
     let c = Config::for_fixture("/x.toml");
-    assert_eq!(c.fixture_path.as_deref(), Some(Path::new("/x.toml")));
+    assert_eq!(
+        c.backend.fixture_path.as_deref(),
+        Some(Path::new("/x.toml"))
+    );
 }
 
 #[test]
 fn policy_settings() {
     let c = load(&env(&[("USERLI_TOKEN", "t")])).unwrap();
     assert_eq!(
-        c.policy_listen,
+        c.listeners.policy,
         Some(ListenAddr::AnyHost(10003)),
         "upstream default"
     );
     assert_eq!(
-        c.rate_limit_message,
+        c.policy.rate_limit_message,
         "Rate limit exceeded, please try again later"
     );
-    assert!(!c.policy_sender_fallback && !c.policy_defer_over_quota && !c.policy_fail_closed);
+    assert!(!c.policy.sender_fallback && !c.policy.defer_over_quota && !c.policy.fail_closed);
     let c = load(&env(&[
         ("USERLI_TOKEN", "t"),
         ("POLICY_LISTEN_ADDR", "off"),
@@ -338,8 +392,8 @@ fn policy_settings() {
         ("REDIS_URL", "redis://:pw@127.0.0.1:6379/0"),
     ]))
     .unwrap();
-    assert_eq!(c.policy_listen, None);
-    assert!(c.policy_count_recipients && c.policy_defer_over_quota && c.policy_fail_closed);
+    assert_eq!(c.listeners.policy, None);
+    assert!(c.policy.count_recipients && c.policy.defer_over_quota && c.policy.fail_closed);
     assert!(
         !c.render_effective().contains(":pw@"),
         "REDIS_URL is redacted"

@@ -438,12 +438,12 @@ impl PolicyService {
 pub async fn open_store(
     config: &crate::config::Config,
 ) -> Result<Arc<dyn QuotaStore>, store::StoreError> {
-    if let Some(url) = &config.redis_url {
-        let store = redis_store::RedisStore::connect(url.expose(), config.lookup_timeout).await?;
+    if let Some(url) = &config.policy.redis_url {
+        let store = redis_store::RedisStore::connect(url.expose(), config.lookups.timeout).await?;
         return Ok(Arc::new(store));
     }
     Ok(Arc::new(store::EmbeddedStore::open(
-        &config.state_directory,
+        &config.policy.state_directory,
     )?))
 }
 

@@ -22,11 +22,11 @@ pub fn demo_fixture() -> PathBuf {
 
 /// A configuration on loopback port 0 for both listeners.
 pub fn loopback_config(mut config: Config) -> Config {
-    config.socketmap_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
-    config.metrics_listen = ListenAddr::parse("127.0.0.1:0").unwrap();
+    config.listeners.socketmap = ListenAddr::parse("127.0.0.1:0").unwrap();
+    config.listeners.metrics = ListenAddr::parse("127.0.0.1:0").unwrap();
     // The default policy port would collide between tests running in parallel.
-    if config.policy_listen == Some(ListenAddr::AnyHost(10003)) {
-        config.policy_listen = None;
+    if config.listeners.policy == Some(ListenAddr::AnyHost(10003)) {
+        config.listeners.policy = None;
     }
     config
 }

@@ -1,0 +1,65 @@
+//! The Dovecot-protocol SASL server.
+
+use std::time::Duration;
+
+use crate::config::ConfigError;
+use crate::config::raw::Raw;
+use crate::sasl::{SaslSettings, ThrottleSettings};
+
+use super::LookupSection;
+
+/// The SASL settings (its listener is in the listener section).
+#[derive(Debug, Clone)]
+pub struct SaslSection {
+    /// `SASL_FAILURE_DELAY`.
+    pub failure_delay: Duration,
+    /// `SASL_MAX_FAILURE_DELAY`.
+    pub max_failure_delay: Duration,
+    /// `SASL_LOCKOUT_FAILURES`; 0 = off.
+    pub lockout_failures: u32,
+    /// `SASL_FAILURE_WINDOW`.
+    pub failure_window: Duration,
+    /// `SASL_MAX_CONCURRENT_CHECKS`.
+    pub max_checks: usize,
+    /// `SASL_MAX_CHECKS_PER_CLIENT`.
+    pub max_checks_per_client: usize,
+}
+
+impl SaslSection {
+    pub(crate) fn load(raw: &Raw) -> Result<Self, ConfigError> {
+        let failure_delay = raw.duration("SASL_FAILURE_DELAY")?;
+        let max_failure_delay = raw.duration("SASL_MAX_FAILURE_DELAY")?;
+        if max_failure_delay > Duration::from_secs(8) {
+            return Err(raw.error(
+                "SASL_MAX_FAILURE_DELAY",
+                "must be at most 8s (Postfix gives up on the auth server after 10s)",
+            ));
+        }
+        Ok(Self {
+            failure_delay,
+            max_failure_delay,
+            lockout_failures: raw.number("SASL_LOCKOUT_FAILURES", 0, 1_000_000)? as u32,
+            failure_window: raw.positive_duration("SASL_FAILURE_WINDOW")?,
+            max_checks: raw.number("SASL_MAX_CONCURRENT_CHECKS", 1, 100_000)?,
+            max_checks_per_client: raw.number("SASL_MAX_CHECKS_PER_CLIENT", 1, 100_000)?,
+        })
+    }
+
+    /// The SASL service's settings; its deadline and its own breaker's settings
+    /// follow the lookups'.
+    pub fn settings(&self, lookups: &LookupSection) -> SaslSettings {
+        SaslSettings {
+            timeout: lookups.timeout,
+            throttle: ThrottleSettings {
+                base_delay: self.failure_delay,
+                max_delay: self.max_failure_delay,
+                lockout_failures: self.lockout_failures,
+                window: self.failure_window,
+            },
+            max_checks: self.max_checks,
+            max_checks_per_client: self.max_checks_per_client,
+            breaker_failures: lookups.breaker_failures,
+            breaker_cooldown: lookups.breaker_cooldown,
+        }
+    }
+}
