@@ -163,38 +163,31 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use userli_postfix_adapter::lookup::{LookupService, MapName};
-    use userli_postfix_adapter::normalize::Normalizer;
+    use userli_postfix_adapter::Lookups;
     use userli_postfix_adapter::protocol::socketmap::Reply;
 
-    fn service() -> LookupService {
-        LookupService::new(
-            Arc::new(TableBackend::parse(SAMPLE).unwrap()),
-            Normalizer::new("+"),
-            std::time::Duration::from_secs(1),
-            Metrics::new().unwrap(),
-        )
+    fn lookups() -> Lookups {
+        let mut config = Config::embedded();
+        config.lookups.recipient_delimiter = "+".into();
+        Lookups::new(&config, Arc::new(TableBackend::parse(SAMPLE).unwrap())).unwrap()
     }
 
     #[tokio::test]
     async fn answers_through_the_engine() {
-        let s = service();
+        let s = lookups();
         let ok = |v: &str| Reply::Ok(v.to_owned());
-        assert_eq!(s.lookup(MapName::Domain, b"Example.ORG").await, ok("1"));
+        assert_eq!(s.answer(b"domain Example.ORG").await, ok("1"));
+        assert_eq!(s.answer(b"mailbox user+tag@example.org").await, ok("1"));
         assert_eq!(
-            s.lookup(MapName::Mailbox, b"user+tag@example.org").await,
-            ok("1")
-        );
-        assert_eq!(
-            s.lookup(MapName::Alias, b"info@example.org").await,
+            s.answer(b"alias info@example.org").await,
             ok("user@example.org,other@example.net")
         );
         assert_eq!(
-            s.lookup(MapName::Senders, b"user@example.org").await,
+            s.answer(b"senders user@example.org").await,
             ok("user@example.org")
         );
         assert_eq!(
-            s.lookup(MapName::Mailbox, b"nobody@example.org").await,
+            s.answer(b"mailbox nobody@example.org").await,
             Reply::NotFound
         );
     }

@@ -24,29 +24,29 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// How long `/ready` waits for the backend's health check (upstream: 2 s).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Process state `/ready` reports on.
 #[derive(Debug, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     listening: AtomicBool,
     stopping: AtomicBool,
 }
 
 impl Readiness {
     /// Marks every listener as bound and serving.
-    pub fn set_listening(&self) {
+    pub(crate) fn set_listening(&self) {
         self.listening.store(true, Ordering::SeqCst);
     }
     /// Marks the process as shutting down.
-    pub fn set_stopping(&self) {
+    pub(crate) fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 }
 
 /// What the handlers share.
 #[derive(Clone)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     /// Engine metrics, rendered by `/metrics`.
     pub metrics: Metrics,
     /// The backend `/ready` checks.
@@ -59,7 +59,7 @@ pub struct HttpState {
 
 /// A TCP listener for the metrics server that closes connections from outside
 /// `ALLOWED_CLIENTS` before HTTP sees them, as the protocol listeners do.
-pub struct AdmittedTcp {
+pub(crate) struct AdmittedTcp {
     inner: tokio::net::TcpListener,
     allowed: Arc<AllowedClients>,
     denied: IntCounter,
@@ -68,7 +68,7 @@ pub struct AdmittedTcp {
 
 impl AdmittedTcp {
     /// Wraps `inner`, counting refused connections on `denied`.
-    pub fn new(
+    pub(crate) fn new(
         inner: tokio::net::TcpListener,
         allowed: Arc<AllowedClients>,
         denied: IntCounter,
@@ -115,7 +115,7 @@ impl axum::serve::Listener for AdmittedTcp {
 }
 
 /// The router; testable without sockets.
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", any(metrics))
         .route("/health", any(health))

@@ -25,31 +25,35 @@
 //! |---|---|
 //! | [`protocol`] | pure codecs, no I/O: netstring, socketmap grammar, policy and Dovecot lines, the one [`protocol::framing::Decoder`] shape |
 //! | [`server`] | listeners (bind, `ALLOWED_CLIENTS`, socket files), the accept loop, one framed connection type, and each protocol's connection handler |
-//! | [`lookup`], [`normalize`] | the socketmap request path: keys to addresses, Postfix's extension order, deadlines, failure semantics |
-//! | [`cache`], [`resilience`] | around any backend: the answer cache (negative entries, coalescing, stale-on-error), the circuit breaker and the concurrency limit |
+//! | `lookup` (internal), [`normalize`] | the socketmap request path: keys to addresses, Postfix's extension order, deadlines, failure semantics; [`Lookups`] is its public face |
+//! | `cache`, `resilience` (internal) | around any backend: the answer cache (negative entries, coalescing, stale-on-error), the circuit breaker and the concurrency limit |
 //! | [`policy`] | sending quotas: decisions, sliding windows, embedded and Redis stores, saving the embedded one |
-//! | [`sasl`] | SMTP AUTH decisions: canonical logins, throttling, in-flight caps, the logins' own breaker |
-//! | [`http`] | `/metrics`, `/health`, `/ready` |
+//! | `sasl` (internal) | SMTP AUTH decisions: canonical logins, throttling, in-flight caps, the logins' own breaker |
+//! | `http` (internal) | `/metrics`, `/health`, `/ready` |
 //! | [`config`], [`backend`] | settings from defaults, file and environment; building the configured backend |
 //! | [`access`], [`metrics`], [`logging`] | who may connect; Prometheus metrics; log output |
+//!
+//! The internal modules are the engine's own business: they change without
+//! notice, so embedders get [`Server`], [`Lookups`], [`config`] and the
+//! [`LookupBackend`] trait, not their parts.
 //!
 //! This file only wires them: [`Server::bind`] builds every service and binds
 //! every listener, [`Server::run`] serves until shutdown and drains.
 
 pub mod access;
 pub mod backend;
-pub mod cache;
+pub(crate) mod cache;
 pub mod config;
-pub mod http;
+pub(crate) mod http;
 mod log_throttle;
 pub mod logging;
-pub mod lookup;
+pub(crate) mod lookup;
 pub mod metrics;
 pub mod normalize;
 pub mod policy;
 pub mod protocol;
-pub mod resilience;
-pub mod sasl;
+pub(crate) mod resilience;
+pub(crate) mod sasl;
 pub mod server;
 
 pub use postfix_adapter_backend as backend_api;
@@ -75,6 +79,51 @@ use crate::server::policy::PolicyHandler;
 use crate::server::sasl::SaslHandler;
 use crate::server::socketmap::SocketmapHandler;
 use crate::server::{BindError, BoundListener, ConnectionMetrics, LocalAddr};
+
+/// The socketmap request path without a server: normalisation, Postfix's extension
+/// order, the deadline and the failure semantics, over a backend as given (no cache,
+/// no breaker). What `userli-postfix-adapter query` answers with, and what the
+/// request-path benchmarks measure.
+#[derive(Debug)]
+pub struct Lookups {
+    service: LookupService,
+}
+
+impl Lookups {
+    /// The request path of `config` (recipient delimiter, `LOOKUP_TIMEOUT`) over
+    /// `backend`.
+    ///
+    /// # Errors
+    /// A [`ServerError::Metrics`] if the metrics cannot be set up (a bug).
+    pub fn new(config: &Config, backend: Arc<dyn LookupBackend>) -> Result<Self, ServerError> {
+        Ok(Self {
+            service: LookupService::new(
+                backend,
+                Normalizer::new(&config.lookups.recipient_delimiter),
+                config.lookups.timeout,
+                Metrics::new().map_err(ServerError::Metrics)?,
+            ),
+        })
+    }
+
+    /// Answers one socketmap request payload (`map key`), as the server would,
+    /// request metrics included.
+    pub async fn answer(&self, payload: &[u8]) -> protocol::socketmap::Reply {
+        let started = std::time::Instant::now();
+        let answer = self.service.answer(payload).await;
+        self.service.record(&answer, started);
+        answer.reply
+    }
+
+    /// Looks `key` up in the map named `map` (`PERM Unknown map name` for a map
+    /// the adapter does not serve).
+    pub async fn query(&self, map: &str, key: &[u8]) -> protocol::socketmap::Reply {
+        match lookup::MapName::parse(map) {
+            Some(map) => self.service.lookup(map, key).await,
+            None => protocol::socketmap::Reply::Perm(protocol::socketmap::UNKNOWN_MAP_NAME.into()),
+        }
+    }
+}
 
 /// A server with every listener bound, ready to [`run`](Server::run).
 ///

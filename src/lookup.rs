@@ -18,7 +18,7 @@ use crate::protocol::socketmap::{self, Reply};
 
 /// The maps the adapter serves, as Postfix names them in `socketmap:...:NAME`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MapName {
+pub(crate) enum MapName {
     /// `virtual_alias_maps`: destinations of an alias.
     Alias,
     /// `virtual_mailbox_domains`: whether a domain is hosted.
@@ -30,11 +30,8 @@ pub enum MapName {
 }
 
 impl MapName {
-    /// All maps, in a fixed order.
-    pub const ALL: [Self; 4] = [Self::Alias, Self::Domain, Self::Mailbox, Self::Senders];
-
     /// Parses a map name (case-sensitive, like upstream).
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         match name {
             "alias" => Some(Self::Alias),
             "domain" => Some(Self::Domain),
@@ -45,7 +42,7 @@ impl MapName {
     }
 
     /// The wire name, also the `handler` metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Alias => "alias",
             Self::Domain => "domain",
@@ -55,7 +52,7 @@ impl MapName {
     }
 
     /// Upstream's exact `TEMP` reason for this map.
-    pub fn temp_reason(self) -> &'static str {
+    pub(crate) fn temp_reason(self) -> &'static str {
         match self {
             Self::Alias => "Error fetching aliases",
             Self::Domain => "Error fetching domain",
@@ -66,14 +63,14 @@ impl MapName {
 }
 
 /// The `handler` label for a request whose payload is not `name SP key`.
-pub const HANDLER_INVALID: &str = "invalid";
+pub(crate) const HANDLER_INVALID: &str = "invalid";
 /// The `handler` label for every map name the adapter does not serve; collapsing
 /// them keeps label cardinality bounded whatever clients send.
-pub const HANDLER_UNKNOWN: &str = "unknown";
+pub(crate) const HANDLER_UNKNOWN: &str = "unknown";
 
 /// A reply plus what the metrics need to know about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Answer {
+pub(crate) struct Answer {
     /// The reply to send.
     pub reply: Reply,
     /// The bounded `handler` label.
@@ -82,7 +79,7 @@ pub struct Answer {
 
 impl Answer {
     /// The `status` metric label, as upstream: `success`, `notfound` or `error`.
-    pub fn status_label(&self) -> &'static str {
+    pub(crate) fn status_label(&self) -> &'static str {
         match self.reply {
             Reply::Ok(_) => "success",
             Reply::NotFound => "notfound",
@@ -92,7 +89,7 @@ impl Answer {
 }
 
 /// Answers socketmap requests from a backend; shared by every connection.
-pub struct LookupService {
+pub(crate) struct LookupService {
     backend: Arc<dyn LookupBackend>,
     normalizer: Normalizer,
     timeout: Option<Duration>,
@@ -160,7 +157,7 @@ impl LookupService {
     /// Pass `None` only for a backend that keeps a deadline itself, such as
     /// [`crate::cache::CachedBackend`]: arming a timer per request costs more than a
     /// cache hit.
-    pub fn new(
+    pub(crate) fn new(
         backend: Arc<dyn LookupBackend>,
         normalizer: Normalizer,
         timeout: impl Into<Option<Duration>>,
@@ -182,18 +179,18 @@ impl LookupService {
     /// per-call deadline itself (the cache): an address with an extension asks in
     /// two rounds, and both together must still answer within `LOOKUP_TIMEOUT`.
     #[must_use]
-    pub fn with_overall_deadline(mut self, deadline: Duration) -> Self {
+    pub(crate) fn with_overall_deadline(mut self, deadline: Duration) -> Self {
         self.overall = Some(deadline);
         self
     }
 
     /// The backend answers come from.
-    pub fn backend(&self) -> &Arc<dyn LookupBackend> {
+    pub(crate) fn backend(&self) -> &Arc<dyn LookupBackend> {
         &self.backend
     }
 
     /// Answers one request payload (a netstring's content).
-    pub async fn answer(&self, payload: &[u8]) -> Answer {
+    pub(crate) async fn answer(&self, payload: &[u8]) -> Answer {
         let request = match socketmap::parse_request(payload) {
             Ok(r) => r,
             Err(_) => {
@@ -216,7 +213,7 @@ impl LookupService {
     }
 
     /// Looks `key` up in `map`: the request path without parsing.
-    pub async fn lookup(&self, map: MapName, key: &[u8]) -> Reply {
+    pub(crate) async fn lookup(&self, map: MapName, key: &[u8]) -> Reply {
         let result = match map {
             MapName::Domain => match self.normalizer.domain(key) {
                 None => return Reply::NotFound,
@@ -364,7 +361,7 @@ impl LookupService {
     }
 
     /// Records the request metrics once the reply has been written.
-    pub fn record(&self, answer: &Answer, started: Instant) {
+    pub(crate) fn record(&self, answer: &Answer, started: Instant) {
         let status = answer.status_label();
         let elapsed = started.elapsed().as_secs_f64();
         match self.series.get(answer.handler, status) {
@@ -385,7 +382,7 @@ impl LookupService {
     }
 
     /// The engine's metrics.
-    pub fn metrics(&self) -> &Metrics {
+    pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 }

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use userli_postfix_adapter::config::{self, Config, Sources};
-use userli_postfix_adapter::lookup::{LookupService, MapName};
 use userli_postfix_adapter::metrics::Metrics;
-use userli_postfix_adapter::normalize::Normalizer;
 use userli_postfix_adapter::protocol::socketmap::Reply;
-use userli_postfix_adapter::{Server, backend};
+use userli_postfix_adapter::{Lookups, Server, backend};
 
 #[derive(Parser)]
 #[command(
@@ -184,16 +182,8 @@ fn raise_open_files_limit(config: &Config) {
 async fn query(config: Config, map: &str, key: &str) -> anyhow::Result<ExitCode> {
     let metrics = Metrics::new().context("creating metrics")?;
     let backend = backend::build_backend(&config, &metrics).context("starting the backend")?;
-    let service = LookupService::new(
-        Arc::clone(&backend),
-        Normalizer::new(&config.lookups.recipient_delimiter),
-        config.lookups.timeout,
-        metrics,
-    );
-    let reply = match MapName::parse(map) {
-        Some(m) => service.lookup(m, key.as_bytes()).await,
-        None => Reply::Perm(userli_postfix_adapter::protocol::socketmap::UNKNOWN_MAP_NAME.into()),
-    };
+    let lookups = Lookups::new(&config, Arc::clone(&backend))?;
+    let reply = lookups.query(map, key.as_bytes()).await;
     println!("{}", String::from_utf8_lossy(&reply.render()));
     Ok(ExitCode::from(match reply {
         Reply::Ok(_) => 0,

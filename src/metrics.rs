@@ -23,39 +23,39 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 pub struct Metrics {
     registry: Registry,
     /// `userli_postfix_adapter_request_duration_seconds{handler,status}` (upstream).
-    pub request_duration: HistogramVec,
+    pub(crate) request_duration: HistogramVec,
     /// `userli_postfix_adapter_requests_total{handler,status}` (upstream).
-    pub requests_total: IntCounterVec,
+    pub(crate) requests_total: IntCounterVec,
     /// `userli_postfix_adapter_active_connections` (upstream): open socketmap connections.
-    pub active_connections: IntGauge,
+    pub(crate) active_connections: IntGauge,
     /// `userli_postfix_adapter_connection_pool_usage` (upstream): used connection slots.
-    pub connection_pool_usage: IntGauge,
+    pub(crate) connection_pool_usage: IntGauge,
     /// `userli_postfix_adapter_connection_pool_full_total` (new): connections refused
     /// because every slot was taken.
-    pub connection_pool_full: IntCounter,
+    pub(crate) connection_pool_full: IntCounter,
     /// `userli_postfix_adapter_health_check_status` (upstream): 1 when `/ready` last
     /// found the backend healthy.
-    pub health_check_status: IntGauge,
+    pub(crate) health_check_status: IntGauge,
     /// `userli_postfix_adapter_socketmap_framing_errors_total{reason}` (new):
     /// connections closed for a netstring error or an I/O timeout.
-    pub framing_errors: IntCounterVec,
+    pub(crate) framing_errors: IntCounterVec,
     /// `userli_postfix_adapter_backend_errors_total{handler,kind}` (new): backend
     /// failures turned into `TEMP`, by kind (`timeout`, `unavailable`, ...).
-    pub backend_errors: IntCounterVec,
+    pub(crate) backend_errors: IntCounterVec,
     /// `userli_postfix_adapter_backend_reloads_total{result}` (new): SIGHUP reloads.
-    pub reloads: IntCounterVec,
+    pub(crate) reloads: IntCounterVec,
     /// `userli_postfix_adapter_build_info{version,backend}` (new): always 1.
-    pub build_info: IntGaugeVec,
+    pub(crate) build_info: IntGaugeVec,
     /// `userli_postfix_adapter_lookup_cache_total{handler,result}` (upstream, more
     /// results): `hit`, `negative_hit`, `miss`, `coalesced`, `stale`, `error`.
-    pub lookup_cache: IntCounterVec,
+    pub(crate) lookup_cache: IntCounterVec,
     /// `userli_postfix_adapter_circuit_breaker_state` (new): 0 closed, 1 open, 2 half-open.
-    pub breaker_state: IntGauge,
+    pub(crate) breaker_state: IntGauge,
     /// `userli_postfix_adapter_backend_in_flight` (new): backend calls in progress.
-    pub backend_in_flight: IntGauge,
+    pub(crate) backend_in_flight: IntGauge,
     /// `userli_postfix_adapter_connections_denied_total{listener}` (new): TCP
     /// connections closed because the peer is not in `ALLOWED_CLIENTS`.
-    pub connections_denied: IntCounterVec,
+    pub(crate) connections_denied: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -152,8 +152,32 @@ impl Metrics {
             )?,
             registry,
         };
+        // Every series with a known label set starts at zero, so dashboards and
+        // alerts see "none yet" rather than "no data".
         for listener in ["socketmap", "policy", "sasl", "metrics"] {
             m.connections_denied.with_label_values(&[listener]);
+        }
+        for reason in ["framing", "read_timeout", "write_timeout"] {
+            m.framing_errors.with_label_values(&[reason]);
+        }
+        for map in ["alias", "domain", "mailbox", "senders"] {
+            for kind in [
+                "unavailable",
+                "timeout",
+                "invalid_response",
+                "unauthorized",
+                "other",
+            ] {
+                m.backend_errors.with_label_values(&[map, kind]);
+            }
+        }
+        for result in ["success", "error"] {
+            m.reloads.with_label_values(&[result]);
+        }
+        for handler in ["alias", "domain", "mailbox", "senders", "smtp_quota"] {
+            for result in ["hit", "negative_hit", "miss", "coalesced", "stale", "error"] {
+                m.lookup_cache.with_label_values(&[handler, result]);
+            }
         }
         m.registry
             .register(Box::new(m.connections_denied.clone()))?;
@@ -182,7 +206,7 @@ impl Metrics {
     }
 
     /// The registry, for backends that register their own metrics and for `/metrics`.
-    pub fn registry(&self) -> &Registry {
+    pub(crate) fn registry(&self) -> &Registry {
         &self.registry
     }
 
@@ -196,7 +220,7 @@ impl Metrics {
 
     /// The duration histogram for one `handler`/`status` pair, resolved once per
     /// request path instead of per label lookup.
-    pub fn request_histogram(&self, handler: &str, status: &str) -> Histogram {
+    pub(crate) fn request_histogram(&self, handler: &str, status: &str) -> Histogram {
         self.request_duration.with_label_values(&[handler, status])
     }
 }

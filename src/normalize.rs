@@ -5,7 +5,7 @@
 //! upstream does. Address extensions follow Postfix's own rule for its tables
 //! (`mail_addr_find.c`): the address *as given* is looked up first, and only when
 //! that is not found the address without its extension. [`Normalizer::address`]
-//! therefore returns both forms ([`AddressKey`]); [`crate::lookup`] decides which
+//! therefore returns both forms ([`AddressKey`]); the lookup path decides which
 //! one answers. The recipient delimiter works like Postfix's `recipient_delimiter`:
 //! *each character* of the setting is a delimiter and the local part is cut at the
 //! first of them (upstream treated a multi-character setting as one literal

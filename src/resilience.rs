@@ -135,7 +135,7 @@ impl CircuitBreaker {
 }
 
 /// A backend behind a circuit breaker and a concurrency limit.
-pub struct GuardedBackend {
+pub(crate) struct GuardedBackend {
     inner: Arc<dyn LookupBackend>,
     breaker: Arc<CircuitBreaker>,
     slots: Semaphore,
@@ -159,7 +159,7 @@ fn breaker_open() -> BackendError {
 impl GuardedBackend {
     /// Guards `inner` with `breaker` and at most `max_concurrent` calls in flight
     /// (mirrored on `in_flight`).
-    pub fn new(
+    pub(crate) fn new(
         inner: Arc<dyn LookupBackend>,
         breaker: Arc<CircuitBreaker>,
         max_concurrent: usize,

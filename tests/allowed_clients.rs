@@ -129,11 +129,12 @@ async fn ipv4_mapped_peers_of_a_dual_stack_listener_count_as_ipv4() {
         .expect("IPv6 loopback (the listener is dual-stack)");
     assert!(closed_at_once(v6, b"20:mailbox user@example.org,").await);
     assert_eq!(
-        metrics
-            .connections_denied
-            .with_label_values(&["socketmap"])
-            .get(),
-        1
+        metric(
+            &metrics.render(),
+            "userli_postfix_adapter_connections_denied_total",
+            "listener=\"socketmap\""
+        ),
+        1.0
     );
     server.shutdown().await;
 }

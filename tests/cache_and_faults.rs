@@ -21,11 +21,16 @@ fn ok_json(body: serde_json::Value) -> ResponseTemplate {
 }
 
 fn cache_count(server: &Running, handler: &str, result: &str) -> u64 {
-    server
-        .metrics
-        .lookup_cache
-        .with_label_values(&[handler, result])
-        .get()
+    gauge(
+        server,
+        "userli_postfix_adapter_lookup_cache_total",
+        &format!("handler=\"{handler}\",result=\"{result}\""),
+    ) as u64
+}
+
+/// The value of one metric series, as `/metrics` shows it.
+fn gauge(server: &Running, name: &str, labels: &str) -> f64 {
+    common::metric(&server.metrics.render(), name, labels)
 }
 
 #[tokio::test]
@@ -258,7 +263,11 @@ async fn the_breaker_opens_answers_at_once_and_closes_after_a_good_probe() {
             "TEMP Error fetching domain"
         );
     }
-    assert_eq!(server.metrics.breaker_state.get(), 1, "open");
+    assert_eq!(
+        gauge(&server, "userli_postfix_adapter_circuit_breaker_state", "") as i64,
+        1,
+        "open"
+    );
     let (status, body) = http_get(server.http, "/ready").await;
     assert_eq!(status, 503);
     assert!(body.contains("circuit breaker open"), "{body}");
@@ -286,7 +295,11 @@ async fn the_breaker_opens_answers_at_once_and_closes_after_a_good_probe() {
         .await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(c.ask("domain back.org").await, "OK 1");
-    assert_eq!(server.metrics.breaker_state.get(), 0, "closed");
+    assert_eq!(
+        gauge(&server, "userli_postfix_adapter_circuit_breaker_state", "") as i64,
+        0,
+        "closed"
+    );
     assert_eq!(c.ask("domain again.org").await, "OK 1");
     server.shutdown().await;
 }
@@ -319,7 +332,7 @@ async fn backend_concurrency_is_limited() {
     }
     let mut peak = 0;
     while tasks.iter().any(|t| !t.is_finished()) {
-        peak = peak.max(server.metrics.backend_in_flight.get());
+        peak = peak.max(gauge(&server, "userli_postfix_adapter_backend_in_flight", "") as i64);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     for t in tasks {

@@ -37,25 +37,34 @@ fn readme_first_screen_has_the_two_setup_commands() {
     assert!(read(".ci/run").contains("scripts/test.sh"));
 }
 
-#[test]
-fn readme_lists_every_metric_the_engine_exports() {
+/// Every metric family a running server exports (socketmap, metrics, policy and
+/// SASL all on) is documented in the README.
+#[tokio::test]
+async fn readme_lists_every_metric_the_engine_exports() {
+    use std::sync::Arc;
+    use userli_postfix_adapter::config::{Config, ListenAddr};
     let readme = read("README.md");
+    let state = tempfile::tempdir().unwrap();
+    let mut config = Config::embedded();
+    config.listeners.socketmap = ListenAddr::parse("127.0.0.1:0").unwrap();
+    config.listeners.metrics = ListenAddr::parse("127.0.0.1:0").unwrap();
+    config.listeners.policy = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+    config.listeners.sasl = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
+    config.policy.state_directory = state.path().to_owned();
     let metrics = userli_postfix_adapter::metrics::Metrics::new().unwrap();
-    // Touch the labelled families so they are exported.
-    metrics
-        .requests_total
-        .with_label_values(&["alias", "success"])
-        .inc();
-    metrics.request_histogram("alias", "success").observe(0.1);
-    metrics.framing_errors.with_label_values(&["framing"]).inc();
-    metrics
-        .backend_errors
-        .with_label_values(&["alias", "timeout"])
-        .inc();
-    metrics.reloads.with_label_values(&["success"]).inc();
-    metrics.build_info.with_label_values(&["0", "x"]).set(1);
-    for family in metrics.registry().gather() {
-        let name = family.name();
+    let backend = Arc::new(postfix_adapter_backend::testkit::StubBackend::new());
+    let server = userli_postfix_adapter::Server::bind(config, backend, metrics.clone())
+        .await
+        .unwrap();
+    let text = metrics.render();
+    drop(server);
+    let families: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(families.len() > 40, "{text}");
+    for name in families {
         if name.starts_with("process_") {
             continue;
         }

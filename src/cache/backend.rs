@@ -38,7 +38,7 @@ enum Question {
 }
 
 /// A [`LookupBackend`] answering from a cache in front of another backend.
-pub struct CachedBackend {
+pub(crate) struct CachedBackend {
     inner: Arc<dyn LookupBackend>,
     cache: Arc<AnswerCache<(Question, String), Answer>>,
 }
@@ -54,7 +54,7 @@ impl std::fmt::Debug for CachedBackend {
 
 impl CachedBackend {
     /// Wraps `inner`; outcomes are counted on `counter` (`lookup_cache_total`).
-    pub fn new(
+    pub(crate) fn new(
         inner: Arc<dyn LookupBackend>,
         settings: CacheSettings,
         counter: prometheus::IntCounterVec,
@@ -63,11 +63,6 @@ impl CachedBackend {
             inner,
             cache: Arc::new(AnswerCache::new(settings, counter)),
         }
-    }
-
-    /// Number of cached answers.
-    pub fn entry_count(&self) -> u64 {
-        self.cache.entry_count()
     }
 
     async fn flag(

@@ -11,7 +11,7 @@
 
 mod backend;
 
-pub use backend::CachedBackend;
+pub(crate) use backend::CachedBackend;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,7 +25,7 @@ use tokio::sync::watch;
 
 /// Cache settings.
 #[derive(Debug, Clone, Copy)]
-pub struct CacheSettings {
+pub(crate) struct CacheSettings {
     /// How long a positive answer is fresh; zero disables storing answers at all.
     pub positive_ttl: Duration,
     /// How long a negative answer (not found) is fresh; zero: never stored.
@@ -43,13 +43,13 @@ pub struct CacheSettings {
 
 impl CacheSettings {
     /// Whether answers are stored at all.
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         !self.positive_ttl.is_zero() && self.max_entries > 0
     }
 }
 
 /// A value the cache can hold.
-pub trait Cacheable: Clone + Send + Sync + 'static {
+pub(crate) trait Cacheable: Clone + Send + Sync + 'static {
     /// Whether this is a "not found" answer (cached with the negative TTL).
     fn is_negative(&self) -> bool;
 }
@@ -181,7 +181,7 @@ impl OutcomeCounters {
 }
 
 /// The cache for one kind of answer `V` under keys `K`.
-pub struct AnswerCache<K, V> {
+pub(crate) struct AnswerCache<K, V> {
     entries: Option<moka::sync::Cache<K, Entry<V>>>,
     inflight: Mutex<Inflight<K, V>>,
     settings: CacheSettings,
@@ -211,7 +211,7 @@ where
     V: Cacheable,
 {
     /// A cache counting its outcomes on `counter` (labels `handler`, `result`).
-    pub fn new(settings: CacheSettings, counter: IntCounterVec) -> Self {
+    pub(crate) fn new(settings: CacheSettings, counter: IntCounterVec) -> Self {
         let entries = settings.enabled().then(|| {
             let negative = if settings.negative_ttl.is_zero() {
                 Duration::ZERO
@@ -241,7 +241,8 @@ where
     }
 
     /// Number of stored entries (approximate, for metrics and tests).
-    pub fn entry_count(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn entry_count(&self) -> u64 {
         self.entries.as_ref().map_or(0, |e| {
             e.run_pending_tasks();
             e.entry_count()
@@ -249,7 +250,7 @@ where
     }
 
     /// Drops every stored entry (after a backend reload, for example).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         // Under the in-flight lock, so no call started earlier can store its answer
         // after the entries are gone.
         let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
@@ -278,7 +279,7 @@ where
     /// # Errors
     /// The backend's error, or [`BackendError::Timeout`] at the deadline, when no
     /// usable entry exists.
-    pub async fn get<F, Fut>(
+    pub(crate) async fn get<F, Fut>(
         self: &Arc<Self>,
         handler: &'static str,
         key: K,

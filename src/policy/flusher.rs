@@ -11,10 +11,10 @@ use super::PolicyService;
 use super::store::QuotaStore;
 
 /// How often the embedded quota store is saved; a crash loses at most this much.
-pub const STORE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const STORE_FLUSH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The running save task of one policy service.
-pub struct StoreFlusher {
+pub(crate) struct StoreFlusher {
     store: Arc<dyn QuotaStore>,
     save_errors: IntCounter,
     stop: CancellationToken,
@@ -31,7 +31,7 @@ impl std::fmt::Debug for StoreFlusher {
 
 impl StoreFlusher {
     /// Starts saving `service`'s store every [`STORE_FLUSH_INTERVAL`].
-    pub fn spawn(service: &PolicyService) -> Self {
+    pub(crate) fn spawn(service: &PolicyService) -> Self {
         let store = service.store().clone();
         let save_errors = service.metrics().store_errors.with_label_values(&["save"]);
         let stop = CancellationToken::new();
@@ -63,7 +63,7 @@ impl StoreFlusher {
 
     /// Stops the periodic saves and saves once more (at shutdown, after the last
     /// policy connection has closed).
-    pub async fn finish(self) {
+    pub(crate) async fn finish(self) {
         self.stop.cancel();
         let _ = self.task.await;
         if let Err(e) = self.store.flush().await {

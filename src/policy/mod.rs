@@ -10,7 +10,7 @@ pub mod redis_store;
 pub mod store;
 pub mod window;
 
-pub use flusher::{STORE_FLUSH_INTERVAL, StoreFlusher};
+pub(crate) use flusher::StoreFlusher;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -28,12 +28,12 @@ use store::{QuotaStore, StoreError};
 /// The most one message may weigh with `POLICY_COUNT=recipients`. Postfix's
 /// `smtpd_recipient_limit` is 1000 by default; a client number beyond this is
 /// clamped, so no sum of weights can come near overflowing a counter.
-pub const MAX_RECIPIENT_WEIGHT: u64 = 100_000;
+pub(crate) const MAX_RECIPIENT_WEIGHT: u64 = 100_000;
 
 /// The weight of a message from its `recipient_count` attribute: at least 1, at
 /// most [`MAX_RECIPIENT_WEIGHT`]; a number too long for any integer type weighs the
 /// most, anything that is no number weighs 1.
-pub fn recipient_weight(value: &str) -> u64 {
+pub(crate) fn recipient_weight(value: &str) -> u64 {
     let digits = value.trim();
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return 1;
@@ -46,7 +46,7 @@ pub fn recipient_weight(value: &str) -> u64 {
 
 /// What is counted against the quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CountMode {
+pub(crate) enum CountMode {
     /// One per message (upstream).
     Messages,
     /// One per recipient (`recipient_count`).
@@ -55,7 +55,7 @@ pub enum CountMode {
 
 /// Policy settings.
 #[derive(Debug, Clone)]
-pub struct PolicySettings {
+pub(crate) struct PolicySettings {
     /// The text after `REJECT`/`DEFER` (`RATE_LIMIT_MESSAGE`).
     pub message: String,
     /// Answer `DEFER` instead of `REJECT` when over quota.
@@ -77,7 +77,7 @@ pub struct PolicySettings {
 
 /// The policy metrics, upstream's names and labels.
 #[derive(Clone, Debug)]
-pub struct PolicyMetrics {
+pub(crate) struct PolicyMetrics {
     /// `policy_active_connections`.
     pub active_connections: IntGauge,
     /// `policy_requests_total{stage,action}`.
@@ -106,7 +106,7 @@ impl PolicyMetrics {
     ///
     /// # Errors
     /// A [`prometheus::Error`] if registration fails (registered twice).
-    pub fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+    pub(crate) fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
         let ns = "userli_postfix_adapter";
         let opts = |n: &str, h: &str| Opts::new(n, h).namespace(ns);
         let m = Self {
@@ -178,13 +178,23 @@ impl PolicyMetrics {
         r.register(Box::new(m.store_duration.clone()))?;
         r.register(Box::new(m.quota_errors.clone()))?;
         r.register(Box::new(m.store_breaker_state.clone()))?;
+        for stage in ["skip", "check"] {
+            for action in ["dunno", "reject", "defer", "error"] {
+                m.requests.with_label_values(&[stage, action]);
+                m.duration.with_label_values(&[stage, action]);
+            }
+        }
+        m.quota_checks.with_label_values(&["checked"]);
+        for operation in ["check", "save"] {
+            m.store_errors.with_label_values(&[operation]);
+        }
         Ok(m)
     }
 }
 
 /// A decision and where it was made, for metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Decision {
+pub(crate) struct Decision {
     /// The action to send.
     pub action: Action,
     /// `skip` (not the end of a message) or `check`.
@@ -194,7 +204,7 @@ pub struct Decision {
 }
 
 /// Decides policy requests; shared by every policy connection.
-pub struct PolicyService {
+pub(crate) struct PolicyService {
     backend: Arc<dyn LookupBackend>,
     store: Arc<dyn QuotaStore>,
     /// Extensions of envelope senders (`POLICY_SENDER_FALLBACK`), never of logins.
@@ -218,7 +228,7 @@ impl std::fmt::Debug for PolicyService {
 
 impl PolicyService {
     /// A service checking quotas from `backend` against counts in `store`.
-    pub fn new(
+    pub(crate) fn new(
         backend: Arc<dyn LookupBackend>,
         store: Arc<dyn QuotaStore>,
         normalizer: Normalizer,
@@ -230,6 +240,7 @@ impl PolicyService {
             settings.store_breaker_cooldown,
             metrics.store_breaker_state.clone(),
         );
+        metrics.store_duration.with_label_values(&[store.name()]);
         Self {
             backend,
             store,
@@ -242,12 +253,12 @@ impl PolicyService {
     }
 
     /// The metrics.
-    pub fn metrics(&self) -> &PolicyMetrics {
+    pub(crate) fn metrics(&self) -> &PolicyMetrics {
         &self.metrics
     }
 
     /// The store, to flush it at shutdown.
-    pub fn store(&self) -> &Arc<dyn QuotaStore> {
+    pub(crate) fn store(&self) -> &Arc<dyn QuotaStore> {
         &self.store
     }
 
@@ -270,7 +281,7 @@ impl PolicyService {
     }
 
     /// Decides one request and records its metrics.
-    pub async fn decide(&self, request: &PolicyRequest) -> Decision {
+    pub(crate) async fn decide(&self, request: &PolicyRequest) -> Decision {
         let started = Instant::now();
         let decision = self.decide_inner(request).await;
         self.metrics
@@ -435,7 +446,7 @@ impl PolicyService {
 }
 
 /// Opens the quota store: Redis when `REDIS_URL` is set, else the embedded one.
-pub async fn open_store(
+pub(crate) async fn open_store(
     config: &crate::config::Config,
 ) -> Result<Arc<dyn QuotaStore>, store::StoreError> {
     if let Some(url) = &config.policy.redis_url {

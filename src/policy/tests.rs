@@ -316,3 +316,76 @@ async fn a_failing_store_stops_costing_time_per_message_and_is_probed_again() {
     assert_eq!(metrics.store_breaker_state.get(), 0, "closed");
     assert_eq!(store.calls.load(Ordering::SeqCst), 4);
 }
+
+#[allow(dead_code)]
+#[path = "../../tests/support/redis_server.rs"]
+mod redis_server;
+
+/// A recipient count beyond any integer type used to make Redis answer `value is
+/// not an integer`; five such requests opened the store breaker and switched quotas
+/// off for everyone. Now the weight is clamped, the counters saturate, and the
+/// breaker never hears of it.
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn huge_recipient_counts_are_clamped_and_never_open_the_breaker() {
+    use super::redis_store::RedisStore;
+    use redis_server::RedisServer;
+    let quota = |per_hour, per_day| SmtpQuota { per_hour, per_day };
+
+    let server = RedisServer::start();
+    let url = server.url();
+    let store = || RedisStore::connect(&url, Duration::from_millis(200));
+    let direct = store().await.unwrap();
+    let verdict = direct
+        .check(
+            "direct@example.org",
+            quota(10, 0),
+            u64::MAX,
+            SystemTime::now(),
+        )
+        .await
+        .expect("a huge weight is clamped, not refused");
+    assert!(!verdict.allowed);
+
+    let metrics = PolicyMetrics::register(&Metrics::new().unwrap()).unwrap();
+    let service = PolicyService::new(
+        Arc::new(
+            StubBackend::new()
+                .quota("attacker@example.org", quota(10, 0))
+                .quota("other@example.org", quota(10, 0)),
+        ),
+        Arc::new(store().await.unwrap()),
+        Normalizer::new("+"),
+        PolicySettings {
+            message: "over quota".into(),
+            defer_over_quota: false,
+            fail_closed: false,
+            sender_fallback: false,
+            count: CountMode::Recipients,
+            timeout: Duration::from_secs(1),
+            store_breaker_failures: 5,
+            store_breaker_cooldown: Duration::from_secs(60),
+        },
+        metrics.clone(),
+    );
+    let request = |user: &str, count: &str| {
+        let text = format!(
+            "protocol_state=END-OF-MESSAGE\nsasl_username={user}\nrecipient_count={count}\n\n"
+        );
+        PolicyDecoder::default()
+            .decode(&mut BytesMut::from(text.as_bytes()))
+            .unwrap()
+            .unwrap()
+    };
+    for _ in 0..6 {
+        let d = service
+            .decide(&request("attacker@example.org", "18446744073709551615"))
+            .await;
+        assert_eq!(d.action, Action::Reject("over quota".into()));
+    }
+    assert_eq!(metrics.store_breaker_state.get(), 0, "breaker closed");
+    assert_eq!(metrics.store_errors.with_label_values(&["check"]).get(), 0);
+    // Quotas still hold for everyone else.
+    let d = service.decide(&request("other@example.org", "3")).await;
+    assert_eq!((d.action, d.label), (Action::Dunno, "dunno"));
+}

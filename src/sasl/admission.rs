@@ -12,7 +12,7 @@ use std::sync::Mutex;
 
 /// Which cap refused a check; the `limit` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refused {
+pub(crate) enum Refused {
     /// This client address already has its share of checks in flight.
     Client,
     /// All check slots are in use.
@@ -21,7 +21,7 @@ pub enum Refused {
 
 impl Refused {
     /// The `limit` metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Total => "total",
@@ -31,7 +31,7 @@ impl Refused {
 
 /// The caps and the checks in flight.
 #[derive(Debug)]
-pub struct Admission {
+pub(crate) struct Admission {
     max_total: usize,
     max_per_client: usize,
     state: Mutex<InFlight>,
@@ -47,7 +47,7 @@ struct InFlight {
 /// One admitted check; gives its slot back when dropped, however the check ends.
 #[derive(Debug)]
 #[must_use]
-pub struct Ticket<'a> {
+pub(crate) struct Ticket<'a> {
     admission: &'a Admission,
     client: Option<IpAddr>,
 }
@@ -55,7 +55,7 @@ pub struct Ticket<'a> {
 impl Admission {
     /// At most `max_total` checks in flight, at most `max_per_client` of them for
     /// one client address (checks without an address share one allowance).
-    pub fn new(max_total: usize, max_per_client: usize) -> Self {
+    pub(crate) fn new(max_total: usize, max_per_client: usize) -> Self {
         Self {
             max_total: max_total.max(1),
             max_per_client: max_per_client.max(1),
@@ -68,7 +68,7 @@ impl Admission {
     }
 
     /// Admits a check for `client`, or says which cap refuses it.
-    pub fn try_admit(&self, client: Option<IpAddr>) -> Result<Ticket<'_>, Refused> {
+    pub(crate) fn try_admit(&self, client: Option<IpAddr>) -> Result<Ticket<'_>, Refused> {
         let mut state = self.lock();
         let mine = state.per_client.get(&client).copied().unwrap_or(0);
         if mine >= self.max_per_client {
@@ -86,7 +86,8 @@ impl Admission {
     }
 
     /// Checks in flight now.
-    pub fn in_flight(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn in_flight(&self) -> usize {
         self.lock().total
     }
 }

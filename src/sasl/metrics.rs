@@ -6,7 +6,7 @@ use crate::metrics::{LATENCY_BUCKETS, Metrics};
 
 /// The SASL metrics, upstream's names plus throttling and overload protection.
 #[derive(Clone, Debug)]
-pub struct SaslMetrics {
+pub(crate) struct SaslMetrics {
     /// `sasl_active_connections`.
     pub active_connections: IntGauge,
     /// `sasl_auth_total{mechanism,result}`.
@@ -39,7 +39,7 @@ impl SaslMetrics {
     ///
     /// # Errors
     /// A [`prometheus::Error`] if registration fails.
-    pub fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
+    pub(crate) fn register(metrics: &Metrics) -> Result<Self, prometheus::Error> {
         let ns = "userli_postfix_adapter";
         let opts = |n: &str, h: &str| Opts::new(n, h).namespace(ns);
         let m = Self {
@@ -118,6 +118,15 @@ impl SaslMetrics {
         r.register(Box::new(m.checks_refused.clone()))?;
         r.register(Box::new(m.checks_in_flight.clone()))?;
         r.register(Box::new(m.breaker_state.clone()))?;
+        for mechanism in ["PLAIN", "LOGIN", "unsupported"] {
+            for result in ["success", "invalid_credentials", "error"] {
+                m.auth.with_label_values(&[mechanism, result]);
+                m.duration.with_label_values(&[mechanism, result]);
+            }
+        }
+        for action in ["delayed", "locked_out"] {
+            m.throttled.with_label_values(&[action]);
+        }
         Ok(m)
     }
 }

@@ -12,13 +12,13 @@
 //! (which needs no valid credentials) can therefore never take the backend slots
 //! lookups need, never open the lookup breaker, and never turn `/ready` red.
 
-pub mod admission;
+pub(crate) mod admission;
 mod metrics;
 mod throttle;
 
-pub use admission::{Admission, Refused};
-pub use metrics::SaslMetrics;
-pub use throttle::{LockScope, Throttle, ThrottleSettings};
+pub(crate) use admission::Admission;
+pub(crate) use metrics::SaslMetrics;
+pub(crate) use throttle::{Throttle, ThrottleSettings};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ use crate::resilience::{CircuitBreaker, GuardedBackend};
 /// The unit one SMTP client controls, for the in-flight caps and the failure
 /// counters: an IPv4 address (IPv4-mapped IPv6 included), or an IPv6 /64, since
 /// one host usually holds a whole /64 and could otherwise rotate through it.
-pub fn client_network(ip: IpAddr) -> IpAddr {
+pub(crate) fn client_network(ip: IpAddr) -> IpAddr {
     match canonical_ip(ip) {
         IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
         v4 => v4,
@@ -44,7 +44,7 @@ pub fn client_network(ip: IpAddr) -> IpAddr {
 
 /// Settings of the SASL service.
 #[derive(Debug, Clone, Copy)]
-pub struct SaslSettings {
+pub(crate) struct SaslSettings {
     /// Deadline of one password check.
     pub timeout: Duration,
     /// Brute-force throttling.
@@ -63,7 +63,7 @@ pub struct SaslSettings {
 
 /// The outcome of one authentication, for the connection handler.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthResult {
+pub(crate) enum AuthResult {
     /// Send `OK` with this (canonical) login.
     Success(String),
     /// Send `FAIL` with this reason, after waiting `delay`.
@@ -80,9 +80,8 @@ pub enum AuthResult {
 }
 
 /// Checks logins; shared by every SASL connection.
-pub struct SaslService {
+pub(crate) struct SaslService {
     backend: GuardedBackend,
-    breaker: Arc<CircuitBreaker>,
     timeout: Duration,
     throttle: Throttle,
     admission: Admission,
@@ -101,15 +100,15 @@ impl std::fmt::Debug for SaslService {
     }
 }
 
-pub use postfix_adapter_backend::AUTH_FAILED;
+pub(crate) use postfix_adapter_backend::AUTH_FAILED;
 
 /// The reason for a locked-out login.
-pub const LOCKED_OUT: &str = "too many failed attempts, try again later";
+pub(crate) const LOCKED_OUT: &str = "too many failed attempts, try again later";
 
 impl SaslService {
     /// A service checking passwords with `backend` (the bare backend: the service
     /// puts its own breaker and caps around it).
-    pub fn new(
+    pub(crate) fn new(
         backend: Arc<dyn LookupBackend>,
         settings: SaslSettings,
         metrics: SaslMetrics,
@@ -122,13 +121,12 @@ impl SaslService {
         // Admission caps the checks before they get here, so this limit never queues.
         let backend = GuardedBackend::new(
             backend,
-            breaker.clone(),
+            breaker,
             settings.max_checks.max(1),
             metrics.checks_in_flight.clone(),
         );
         Self {
             backend,
-            breaker,
             timeout: settings.timeout,
             throttle: Throttle::new(settings.throttle),
             admission: Admission::new(settings.max_checks, settings.max_checks_per_client),
@@ -139,25 +137,20 @@ impl SaslService {
     }
 
     /// The metrics.
-    pub fn metrics(&self) -> &SaslMetrics {
+    pub(crate) fn metrics(&self) -> &SaslMetrics {
         &self.metrics
-    }
-
-    /// The password checks' circuit breaker.
-    pub fn breaker(&self) -> &CircuitBreaker {
-        &self.breaker
     }
 
     /// Counts a request that failed before reaching the backend (bad encoding,
     /// unsupported mechanism).
-    pub fn count_protocol_error(&self, mechanism: Option<Mechanism>) {
+    pub(crate) fn count_protocol_error(&self, mechanism: Option<Mechanism>) {
         let label = mechanism.map_or("unsupported", Mechanism::label);
         self.metrics.auth.with_label_values(&[label, "error"]).inc();
     }
 
     /// Checks `login` and `password`; `client` is the SMTP client's address as
     /// Postfix reports it (`rip=`).
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         mechanism: Mechanism,
         login: &str,

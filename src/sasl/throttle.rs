@@ -6,7 +6,7 @@ use std::time::Duration;
 
 /// Brute-force settings.
 #[derive(Debug, Clone, Copy)]
-pub struct ThrottleSettings {
+pub(crate) struct ThrottleSettings {
     /// Delay before the `FAIL` of a first failure; doubles with each further one.
     pub base_delay: Duration,
     /// The longest delay (kept well under Postfix's 10 s auth timeout).
@@ -20,7 +20,7 @@ pub struct ThrottleSettings {
 
 /// Which counter locked a login out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LockScope {
+pub(crate) enum LockScope {
     /// The SMTP client's address guessed too often (whatever logins it tried).
     Client,
     /// The login was guessed too often (from anywhere). Anyone can cause this for
@@ -31,7 +31,7 @@ pub enum LockScope {
 
 impl LockScope {
     /// The `scope` metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Client => "client",
             Self::Login => "login",
@@ -47,7 +47,7 @@ enum Key {
 }
 
 /// Failure counters per client address and per login, bounded in memory.
-pub struct Throttle {
+pub(crate) struct Throttle {
     settings: ThrottleSettings,
     failures: moka::sync::Cache<Key, u32>,
 }
@@ -62,7 +62,7 @@ impl std::fmt::Debug for Throttle {
 
 impl Throttle {
     /// Counters forgotten `window` after the last failure; at most 100,000 kept.
-    pub fn new(settings: ThrottleSettings) -> Self {
+    pub(crate) fn new(settings: ThrottleSettings) -> Self {
         Self {
             settings,
             failures: moka::sync::Cache::builder()
@@ -73,7 +73,7 @@ impl Throttle {
     }
 
     /// The settings.
-    pub fn settings(&self) -> &ThrottleSettings {
+    pub(crate) fn settings(&self) -> &ThrottleSettings {
         &self.settings
     }
 
@@ -85,7 +85,8 @@ impl Throttle {
     }
 
     /// The highest failure count of `login` and `client`.
-    pub fn failures(&self, login: &str, client: Option<IpAddr>) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn failures(&self, login: &str, client: Option<IpAddr>) -> u32 {
         Self::keys(Some(login), client)
             .into_iter()
             .flatten()
@@ -96,7 +97,7 @@ impl Throttle {
 
     /// Whether `login` or `client` is locked out, and by which counter (the client
     /// address's first: it is the one an attacker cannot choose).
-    pub fn locked_out(&self, login: &str, client: Option<IpAddr>) -> Option<LockScope> {
+    pub(crate) fn locked_out(&self, login: &str, client: Option<IpAddr>) -> Option<LockScope> {
         let limit = self.settings.lockout_failures;
         if limit == 0 {
             return None;
@@ -109,12 +110,12 @@ impl Throttle {
     }
 
     /// Counts a failure of `login` from `client` and returns the delay to apply.
-    pub fn record_failure(&self, login: &str, client: Option<IpAddr>) -> Duration {
+    pub(crate) fn record_failure(&self, login: &str, client: Option<IpAddr>) -> Duration {
         self.record(Self::keys(Some(login), client))
     }
 
     /// Counts a failure of `client` alone (a login that names no account).
-    pub fn record_failure_of_client(&self, client: Option<IpAddr>) -> Duration {
+    pub(crate) fn record_failure_of_client(&self, client: Option<IpAddr>) -> Duration {
         self.record(Self::keys(None, client))
     }
 
@@ -136,7 +137,7 @@ impl Throttle {
 
     /// Forgets the failures of `login` after a success (the address keeps its count:
     /// one known password must not unlock guessing others from the same address).
-    pub fn record_success(&self, login: &str) {
+    pub(crate) fn record_success(&self, login: &str) {
         self.failures.invalidate(&Key::Login(login.to_owned()));
     }
 

@@ -1,6 +1,6 @@
 //! Listening, accepting and connection bookkeeping, generic over the protocol.
 //!
-//! A protocol is a [`ConnectionHandler`]: it gets a byte stream and a shutdown
+//! A protocol is a `ConnectionHandler`: it gets a byte stream and a shutdown
 //! token. Everything around it (connection slots, socket options, accept-error
 //! back-off, draining at shutdown) is shared, so the socketmap server and later
 //! servers behave alike.
@@ -12,9 +12,9 @@ mod services;
 use read_deadlines::ReadDeadlines;
 pub use read_deadlines::SHUTDOWN_DRAIN;
 pub(crate) use services::Services;
-pub mod policy;
-pub mod sasl;
-pub mod socketmap;
+pub(crate) mod policy;
+pub(crate) mod sasl;
+pub(crate) mod socketmap;
 
 pub use listener::{BindError, BoundListener, LocalAddr, SocketFile, bind};
 
@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use prometheus::{IntCounter, IntGauge};
 
 /// Serves one connection of a protocol.
-pub trait ConnectionHandler: Send + Sync + 'static {
+pub(crate) trait ConnectionHandler: Send + Sync + 'static {
     /// Serves `stream` until the peer closes it, an error occurs, or `shutdown` is
     /// cancelled and the connection has nothing left to answer.
     fn serve<S>(
@@ -48,37 +48,37 @@ pub trait ConnectionHandler: Send + Sync + 'static {
 
 /// Shared state of the accept loops of one service.
 #[derive(Clone)]
-pub struct AcceptContext {
+pub(crate) struct AcceptContext {
     /// Connection slots; a connection that finds none is closed at once.
-    pub slots: Arc<Semaphore>,
+    pub(crate) slots: Arc<Semaphore>,
     /// The service's connection gauges and pool-full counter.
-    pub metrics: ConnectionMetrics,
+    pub(crate) metrics: ConnectionMetrics,
     /// Cancelled when the process shuts down.
-    pub shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
-    pub tracker: TaskTracker,
+    pub(crate) tracker: TaskTracker,
     /// A name for logs, such as `socketmap`; also the `listener` metric label.
-    pub service: &'static str,
+    pub(crate) service: &'static str,
     /// Who may connect over TCP (`ALLOWED_CLIENTS`).
-    pub allowed: Arc<AllowedClients>,
+    pub(crate) allowed: Arc<AllowedClients>,
     /// Counts TCP connections refused for `allowed`.
-    pub denied: IntCounter,
+    pub(crate) denied: IntCounter,
 }
 
 /// The connection metrics of one service.
 #[derive(Clone, Debug)]
-pub struct ConnectionMetrics {
+pub(crate) struct ConnectionMetrics {
     /// Open connections.
-    pub active: IntGauge,
+    pub(crate) active: IntGauge,
     /// Used connection slots, where the service has such a gauge (socketmap).
-    pub pool_usage: Option<IntGauge>,
+    pub(crate) pool_usage: Option<IntGauge>,
     /// Connections refused because every slot was taken.
-    pub pool_full: IntCounter,
+    pub(crate) pool_full: IntCounter,
 }
 
 impl ConnectionMetrics {
     /// The socketmap service's metrics.
-    pub fn socketmap(metrics: &Metrics) -> Self {
+    pub(crate) fn socketmap(metrics: &Metrics) -> Self {
         Self {
             active: metrics.active_connections.clone(),
             pool_usage: Some(metrics.connection_pool_usage.clone()),
@@ -87,7 +87,7 @@ impl ConnectionMetrics {
     }
 
     /// The policy service's metrics.
-    pub fn policy(metrics: &crate::policy::PolicyMetrics) -> Self {
+    pub(crate) fn policy(metrics: &crate::policy::PolicyMetrics) -> Self {
         Self {
             active: metrics.active_connections.clone(),
             pool_usage: None,
@@ -96,7 +96,7 @@ impl ConnectionMetrics {
     }
 
     /// The SASL service's metrics.
-    pub fn sasl(metrics: &crate::sasl::SaslMetrics) -> Self {
+    pub(crate) fn sasl(metrics: &crate::sasl::SaslMetrics) -> Self {
         Self {
             active: metrics.active_connections.clone(),
             pool_usage: None,
@@ -134,7 +134,7 @@ impl Drop for ConnectionGuard {
 }
 
 /// Accepts connections on `listener` until shutdown, one task per connection.
-pub async fn accept_loop<H: ConnectionHandler>(
+pub(crate) async fn accept_loop<H: ConnectionHandler>(
     listener: BoundListener,
     handler: Arc<H>,
     ctx: AcceptContext,

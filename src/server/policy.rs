@@ -18,7 +18,7 @@ use super::connection::{Closed, Connection, Wait};
 
 /// Limits of one policy connection.
 #[derive(Debug, Clone, Copy)]
-pub struct PolicyLimits {
+pub(crate) struct PolicyLimits {
     /// Close a connection idle this long (`None`: never).
     pub idle_timeout: Option<Duration>,
     /// Deadline for a started request to be complete (counted from its first byte)
@@ -28,14 +28,14 @@ pub struct PolicyLimits {
 
 /// The policy protocol handler.
 #[derive(Debug)]
-pub struct PolicyHandler {
+pub(crate) struct PolicyHandler {
     service: Arc<PolicyService>,
     limits: PolicyLimits,
 }
 
 impl PolicyHandler {
     /// A handler deciding with `service`.
-    pub fn new(service: Arc<PolicyService>, limits: PolicyLimits) -> Self {
+    pub(crate) fn new(service: Arc<PolicyService>, limits: PolicyLimits) -> Self {
         Self { service, limits }
     }
 }

@@ -23,14 +23,14 @@ use super::connection::{Closed, Connection, Wait};
 
 /// How long Postfix may take to relay the SMTP client's next `CONT` answer
 /// (`smtpd_timeout`, 300 s, plus a margin).
-pub const CONT_TIMEOUT: Duration = Duration::from_secs(310);
+pub(crate) const CONT_TIMEOUT: Duration = Duration::from_secs(310);
 
 /// Per-process connection counter for `CUID`.
 static CONNECTION_IDS: AtomicU64 = AtomicU64::new(1);
 
 /// The SASL protocol handler.
 #[derive(Debug)]
-pub struct SaslHandler {
+pub(crate) struct SaslHandler {
     service: Arc<SaslService>,
     io_timeout: Duration,
 }
@@ -38,7 +38,7 @@ pub struct SaslHandler {
 impl SaslHandler {
     /// A handler checking logins with `service`; `io_timeout` bounds each write,
     /// each handshake line and the time from a line's first byte to its end.
-    pub fn new(service: Arc<SaslService>, io_timeout: Duration) -> Self {
+    pub(crate) fn new(service: Arc<SaslService>, io_timeout: Duration) -> Self {
         Self {
             service,
             io_timeout,

@@ -18,7 +18,7 @@ use super::connection::{Closed, Connection, Wait};
 
 /// Limits of one socketmap connection.
 #[derive(Debug, Clone, Copy)]
-pub struct ConnectionLimits {
+pub(crate) struct ConnectionLimits {
     /// Largest request payload.
     pub max_request_size: usize,
     /// Close a connection idle this long (`None`: never).
@@ -30,7 +30,7 @@ pub struct ConnectionLimits {
 
 /// The socketmap protocol handler, shared by all connections.
 #[derive(Debug)]
-pub struct SocketmapHandler {
+pub(crate) struct SocketmapHandler {
     service: Arc<LookupService>,
     decoder: NetstringDecoder,
     limits: ConnectionLimits,
@@ -38,7 +38,7 @@ pub struct SocketmapHandler {
 
 impl SocketmapHandler {
     /// A handler answering from `service` within `limits`.
-    pub fn new(service: Arc<LookupService>, limits: ConnectionLimits) -> Self {
+    pub(crate) fn new(service: Arc<LookupService>, limits: ConnectionLimits) -> Self {
         Self {
             service,
             decoder: NetstringDecoder::new(limits.max_request_size),

@@ -7,7 +7,7 @@
 //! A backend only has to answer honestly, and to say so when it cannot.
 //!
 //! # Layout
-//! - [`LookupBackend`]: the trait a backend implements (re-exported [`async_trait`] included,
+//! - [`LookupBackend`]: the trait a backend implements (re-exported [`async_trait`](macro@async_trait) included,
 //!   so a custom backend needs only this crate).
 //! - [`Address`]: a normalised mailbox address as the engine hands it to a backend.
 //! - [`BackendError`]: "I could not answer", which the engine turns into a *temporary*

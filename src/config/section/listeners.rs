@@ -88,7 +88,7 @@ impl ListenerSection {
     }
 
     /// The limits of a socketmap connection.
-    pub fn socketmap_limits(&self) -> ConnectionLimits {
+    pub(crate) fn socketmap_limits(&self) -> ConnectionLimits {
         ConnectionLimits {
             max_request_size: self.max_request_size,
             idle_timeout: self.socketmap_idle_timeout,
@@ -97,7 +97,7 @@ impl ListenerSection {
     }
 
     /// The limits of a policy connection.
-    pub fn policy_limits(&self) -> PolicyLimits {
+    pub(crate) fn policy_limits(&self) -> PolicyLimits {
         PolicyLimits {
             idle_timeout: self.policy_idle_timeout,
             io_timeout: self.io_timeout,

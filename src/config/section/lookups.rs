@@ -66,7 +66,7 @@ impl LookupSection {
     }
 
     /// The answer cache's settings.
-    pub fn cache_settings(&self) -> CacheSettings {
+    pub(crate) fn cache_settings(&self) -> CacheSettings {
         CacheSettings {
             positive_ttl: self.cache_ttl,
             negative_ttl: self.negative_cache_ttl,

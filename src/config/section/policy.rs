@@ -69,7 +69,7 @@ impl PolicySection {
     /// The policy service's settings; deadlines and the store's breaker follow
     /// the lookups' (both say how soon to stop waiting for something that keeps
     /// failing).
-    pub fn settings(&self, lookups: &LookupSection) -> PolicySettings {
+    pub(crate) fn settings(&self, lookups: &LookupSection) -> PolicySettings {
         PolicySettings {
             message: self.rate_limit_message.clone(),
             defer_over_quota: self.defer_over_quota,

@@ -47,7 +47,7 @@ impl SaslSection {
 
     /// The SASL service's settings; its deadline and its own breaker's settings
     /// follow the lookups'.
-    pub fn settings(&self, lookups: &LookupSection) -> SaslSettings {
+    pub(crate) fn settings(&self, lookups: &LookupSection) -> SaslSettings {
         SaslSettings {
             timeout: lookups.timeout,
             throttle: ThrottleSettings {
