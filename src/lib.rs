@@ -101,7 +101,7 @@ impl Lookups {
                 backend,
                 Normalizer::new(&config.lookups.recipient_delimiter),
                 config.lookups.timeout,
-                Metrics::new().map_err(ServerError::Metrics)?,
+                Metrics::new()?,
             ),
         })
     }
@@ -151,8 +151,8 @@ pub enum ServerError {
     #[error("STATE_DIRECTORY/REDIS_URL: {0}")]
     Store(#[from] policy::store::StoreError),
     /// Metrics cannot be registered (a bug).
-    #[error("metrics: {0}")]
-    Metrics(prometheus::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
 }
 
 impl std::fmt::Debug for Server {
@@ -369,7 +369,7 @@ fn policy_service(
         store,
         Normalizer::new(&config.lookups.recipient_delimiter),
         config.policy.settings(&config.lookups),
-        PolicyMetrics::register(metrics).map_err(ServerError::Metrics)?,
+        PolicyMetrics::register(metrics).map_err(metrics::MetricsError::registering)?,
     ))
 }
 
@@ -381,6 +381,6 @@ fn sasl_service(
     Ok(SaslService::new(
         backend,
         config.sasl.settings(&config.lookups),
-        SaslMetrics::register(metrics).map_err(ServerError::Metrics)?,
+        SaslMetrics::register(metrics).map_err(metrics::MetricsError::registering)?,
     ))
 }

@@ -74,12 +74,30 @@ fn hist(name: &str, help: &str) -> HistogramOpts {
         .buckets(LATENCY_BUCKETS.to_vec())
 }
 
+/// The metrics could not be set up: a collector was registered twice or has an
+/// invalid name (a bug, never an operator error). The metrics library's own error is
+/// its [`source`](std::error::Error::source), so no type of it is part of our API.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot register the metrics: {0}")]
+pub struct MetricsError(#[source] prometheus::Error);
+
+impl MetricsError {
+    /// Wraps a registration failure of a service's own metrics.
+    pub(crate) fn registering(error: prometheus::Error) -> Self {
+        Self(error)
+    }
+}
+
 impl Metrics {
     /// Creates the metrics on a fresh registry, including process metrics.
     ///
     /// # Errors
-    /// A [`prometheus::Error`] if a collector cannot be registered (a bug).
-    pub fn new() -> Result<Self, prometheus::Error> {
+    /// A [`MetricsError`] if a collector cannot be registered (a bug).
+    pub fn new() -> Result<Self, MetricsError> {
+        Self::register_all().map_err(MetricsError)
+    }
+
+    fn register_all() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let m = Self {
             request_duration: HistogramVec::new(
