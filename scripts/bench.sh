@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the load scenarios of examples/loadgen.rs and prints a Markdown table, one
+# Runs the load scenarios of tools/src/bin/loadgen.rs and prints a Markdown table, one
 # row per scenario, ready to paste into the README. Progress and the human-readable
 # summaries go to stderr; the table goes to stdout and to target/bench/results.md.
 #
@@ -20,7 +20,7 @@
 #                     that each did one lookup: server RSS per connection
 #
 # The load generator and the servers share the machine; see the module docs of
-# examples/loadgen.rs for the runtime/thread layout. Numbers vary by a few tens of
+# tools/src/bin/loadgen.rs for the runtime/thread layout. Numbers vary by a few tens of
 # percent from run to run on a busy or small machine: compare rows of one run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,8 +37,8 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNECTIONS +
 fi
 
 echo "bench: building (release)..." >&2
-cargo build --release --quiet --example loadgen --bin userli-postfix-adapter
-L=target/release/examples/loadgen
+cargo build --release --quiet -p postfix-adapter-tools --bin loadgen && cargo build --release --quiet --bin userli-postfix-adapter
+L=target/release/loadgen
 ADAPTER=target/release/userli-postfix-adapter
 
 rows=()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Plots the CSV of examples/soak.rs (written by scripts/soak.sh).
+"""Plots the CSV of tools/src/bin/soak.rs (written by scripts/soak.sh).
 
     scripts/plot-soak.py [CSV] [OUTPUT_DIR]
     scripts/plot-soak.py target/soak/soak.csv docs/img     # the defaults

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Soak test: runs the release binary on the demo fixture under a sustained mixed
-# load (socketmap lookups, policy requests, SASL logins) with examples/soak.rs,
+# load (socketmap lookups, policy requests, SASL logins) with tools/src/bin/soak.rs,
 # samples its memory, file descriptors and latency over time, and plots the result.
 #
 #   scripts/soak.sh                               # 10 minutes of load
@@ -10,7 +10,7 @@
 #   SOAK_FIXTURE=examples/fixtures/demo.toml scripts/soak.sh   # the fixture verbatim
 #   SOAK_IDLE_CONNECTIONS=0 scripts/soak.sh       # without the 10,000 idle connections
 #
-# Writes target/soak/soak.csv (one row per sample, see examples/soak.rs),
+# Writes target/soak/soak.csv (one row per sample, see tools/src/bin/soak.rs),
 # target/soak/adapter.log (the adapter's warnings and errors) and the PNGs
 # soak-rss.png and soak-latency.png (scripts/plot-soak.py, needs matplotlib).
 #
@@ -41,8 +41,8 @@ LOG="$OUT_DIR/adapter.log"
 read -r -a EXTRA_ARGS <<<"${SOAK_ARGS:-}"
 
 echo "soak: building (release)..." >&2
-cargo build --release --quiet --example soak --bin userli-postfix-adapter
-SOAK=target/release/examples/soak
+cargo build --release --quiet -p postfix-adapter-tools --bin soak && cargo build --release --quiet --bin userli-postfix-adapter
+SOAK=target/release/soak
 ADAPTER=target/release/userli-postfix-adapter
 
 mkdir -p "$OUT_DIR"

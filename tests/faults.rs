@@ -27,12 +27,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use common::{Adapter, free_loopback_addr, http_get, metric};
+use postfix_adapter_clients::request::{netstring, policy_end_of_message};
+use postfix_adapter_clients::sasl::SaslClient;
+use postfix_adapter_clients::{Framing, Got, ReadError};
 use redis_server::RedisServer;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use userli_postfix_adapter::protocol::netstring::{NetstringDecoder, encode};
 
 // ---------------------------------------------------------------------------
 // Clients that notice truncated replies and premature closes.
@@ -46,66 +46,37 @@ enum Proto {
     Policy,
 }
 
-/// What a read brought.
-#[derive(Debug)]
-enum Got {
-    /// One complete reply.
-    Reply(String),
-    /// The server closed the connection; `partial` bytes of an incomplete reply
-    /// were left over (a truncated reply when not 0).
-    Closed { partial: usize },
-    /// Nothing within the time limit.
-    Hung,
-}
-
-/// One socketmap or policy connection, one request at a time, as Postfix does.
+/// One socketmap or policy connection, one request at a time, as Postfix does:
+/// the shared client, with the protocol's requests.
 struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
+    inner: postfix_adapter_clients::Conn<TcpStream>,
     proto: Proto,
 }
 
 impl Conn {
     async fn connect(addr: SocketAddr, proto: Proto) -> Self {
+        let framing = match proto {
+            Proto::Socketmap => Framing::Netstring,
+            Proto::Policy => Framing::Block,
+        };
         Self {
-            stream: TcpStream::connect(addr).await.unwrap(),
-            buf: BytesMut::with_capacity(1024),
+            inner: postfix_adapter_clients::Conn::tcp(addr, framing)
+                .await
+                .unwrap()
+                .with_max_reply(200_000),
             proto,
         }
     }
 
     async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.inner.send(bytes).await
     }
 
-    fn frame(&mut self) -> Option<String> {
-        let bytes = match self.proto {
-            Proto::Socketmap => NetstringDecoder::new(200_000)
-                .decode(&mut self.buf)
-                .expect("a well-formed netstring reply")?
-                .to_vec(),
-            Proto::Policy => {
-                let end = self.buf.windows(2).position(|w| w == b"\n\n")?;
-                self.buf.split_to(end + 2).to_vec()
-            }
-        };
-        Some(String::from_utf8(bytes).expect("a UTF-8 reply"))
-    }
-
+    /// The next reply, a close or a hang; a malformed reply fails the test.
     async fn next(&mut self, limit: Duration) -> Got {
-        loop {
-            if let Some(reply) = self.frame() {
-                return Got::Reply(reply);
-            }
-            match tokio::time::timeout(limit, self.stream.read_buf(&mut self.buf)).await {
-                Err(_) => return Got::Hung,
-                Ok(Ok(0) | Err(_)) => {
-                    return Got::Closed {
-                        partial: self.buf.len(),
-                    };
-                }
-                Ok(Ok(_)) => {}
-            }
+        match self.inner.next(limit).await {
+            Got::Malformed(why) => panic!("a well-formed reply: {why}"),
+            got => got,
         }
     }
 
@@ -124,13 +95,8 @@ impl Conn {
 /// request for a SASL login.
 fn request(proto: Proto, what: &str) -> Vec<u8> {
     match proto {
-        Proto::Socketmap => encode(what.as_bytes()),
-        Proto::Policy => format!(
-            "request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nprotocol_name=ESMTP\n\
-             client_address=192.0.2.1\nsender={what}\nrecipient_count=1\nqueue_id=ABC123\n\
-             sasl_method=plain\nsasl_username={what}\nsize=100\n\n"
-        )
-        .into_bytes(),
+        Proto::Socketmap => netstring(what.as_bytes()),
+        Proto::Policy => policy_end_of_message(what),
     }
 }
 
@@ -305,6 +271,7 @@ async fn worker(
                 t.hung += 1;
                 break;
             }
+            Got::Malformed(why) => unreachable!("Conn::next panics on {why}"),
         }
     }
     t
@@ -696,43 +663,24 @@ async fn faulty_userli(fault: Fault) -> (Option<wiremock::MockServer>, String) {
 /// `None` when the server closed the connection instead. Also returns how long
 /// the AUTH took.
 async fn sasl_auth(addr: SocketAddr, login: &str, password: &str) -> (Option<String>, Duration) {
-    use base64::Engine;
-    let mut conn = BufReader::new(TcpStream::connect(addr).await.unwrap());
-    conn.get_mut()
-        .write_all(b"VERSION\t1\t0\nCPID\t4242\n")
-        .await
-        .unwrap();
-    let mut line = String::new();
     // The handshake never waits for the backend, even when it is down.
-    loop {
-        line.clear();
-        let n = tokio::time::timeout(Duration::from_secs(2), conn.read_line(&mut line))
-            .await
-            .expect("handshake at once")
-            .unwrap();
-        assert!(n > 0, "closed during the handshake");
-        if line.trim_end() == "DONE" {
-            break;
-        }
-    }
-    let resp = base64::engine::general_purpose::STANDARD.encode(format!("\0{login}\0{password}"));
-    conn.get_mut()
-        .write_all(
-            format!(
-                "AUTH\t1\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip=192.0.2.9\tresp={resp}\n"
-            )
-            .as_bytes(),
-        )
+    let mut sasl = tokio::time::timeout(Duration::from_secs(2), SaslClient::tcp(addr))
         .await
-        .unwrap();
+        .expect("handshake at once")
+        .expect("a complete handshake");
     let started = Instant::now();
-    line.clear();
-    let n = tokio::time::timeout(Duration::from_secs(10), conn.read_line(&mut line))
-        .await
-        .expect("an answer or a close")
-        .unwrap_or(0);
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        sasl.auth_plain(login, password, "192.0.2.9"),
+    )
+    .await
+    .expect("an answer or a close");
     let took = started.elapsed();
-    ((n > 0).then(|| line.trim_end().to_owned()), took)
+    match reply {
+        Ok(line) => (Some(line), took),
+        Err(ReadError::Closed { .. } | ReadError::Io(_)) => (None, took),
+        Err(e) => panic!("a well-formed answer line: {e}"),
+    }
 }
 
 /// What the three services answered during one fault.

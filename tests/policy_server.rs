@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::{Running, loopback_config, start_with_metrics};
+use postfix_adapter_clients::{Conn, Framing, Got};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use userli_postfix_adapter::config::{Config, ListenAddr};
 use userli_postfix_adapter::metrics::Metrics;
@@ -35,20 +36,13 @@ async fn start_policy(fixture: &Path, state: &Path, policy: &str) -> Running {
 }
 
 async fn ask<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, request: &str) -> String {
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut reply = Vec::new();
-    let mut byte = [0u8; 1];
-    let read = async {
-        while !reply.ends_with(b"\n\n") {
-            let n = stream.read(&mut byte).await.unwrap();
-            assert!(n > 0, "connection closed before the reply ended");
-            reply.push(byte[0]);
-        }
-    };
-    tokio::time::timeout(common::READ_LIMIT, read)
-        .await
-        .expect("a whole reply within the read limit");
-    String::from_utf8(reply).unwrap()
+    // One reply per request: a client per call loses no bytes.
+    let mut conn = Conn::new(stream, Framing::Block);
+    conn.send(request.as_bytes()).await.unwrap();
+    match conn.next(common::READ_LIMIT).await {
+        Got::Reply(reply) => reply,
+        other => panic!("a whole reply within the read limit, got {other:?}"),
+    }
 }
 
 fn policy_tcp(server: &Running) -> std::net::SocketAddr {

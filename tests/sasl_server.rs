@@ -5,42 +5,36 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
 use common::{Running, loopback_config, start_with_metrics};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use postfix_adapter_clients::request::auth_plain;
+use postfix_adapter_clients::{Framing, Got};
+use tokio::io::{AsyncRead, AsyncWrite};
 use userli_postfix_adapter::config::{Config, ListenAddr};
 use userli_postfix_adapter::metrics::Metrics;
 use wiremock::matchers::{body_json, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
-struct Conn<S> {
-    stream: BufReader<S>,
-}
+/// A Dovecot auth client: the shared line client with explicit request ids.
+struct Conn<S>(postfix_adapter_clients::Conn<S>);
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     async fn open(stream: S) -> Self {
-        let mut c = Self {
-            stream: BufReader::new(stream),
-        };
+        let mut c = Self(postfix_adapter_clients::Conn::new(stream, Framing::Line));
         c.send("VERSION\t1\t0").await;
         c.send("CPID\t1234").await;
         while c.line().await.expect("handshake") != "DONE" {}
         c
     }
     async fn send(&mut self, line: &str) {
-        self.stream
-            .get_mut()
-            .write_all(format!("{line}\n").as_bytes())
-            .await
-            .unwrap();
+        self.0.send(format!("{line}\n").as_bytes()).await.unwrap();
     }
+    /// The next line, or `None` when the server closed the connection or said
+    /// nothing for 10 s.
     async fn line(&mut self) -> Option<String> {
-        let mut line = String::new();
-        match tokio::time::timeout(Duration::from_secs(10), self.stream.read_line(&mut line)).await
-        {
-            Ok(Ok(n)) if n > 0 => Some(line.trim_end().to_owned()),
-            _ => None,
+        match self.0.next(Duration::from_secs(10)).await {
+            Got::Reply(line) => Some(line.trim_end().to_owned()),
+            Got::Closed { .. } | Got::Hung => None,
+            Got::Malformed(why) => panic!("{why}"),
         }
     }
     async fn plain(&mut self, id: u32, login: &str, password: &str) -> Option<String> {
@@ -54,11 +48,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         password: &str,
         rip: &str,
     ) -> Option<String> {
-        let resp = STANDARD.encode(format!("\0{login}\0{password}"));
-        self.send(&format!(
-            "AUTH\t{id}\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip={rip}\tresp={resp}"
-        ))
-        .await;
+        let request = auth_plain(id.into(), login, password, rip);
+        self.0.send(request.as_bytes()).await.unwrap();
         self.line().await
     }
 }

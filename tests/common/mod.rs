@@ -6,12 +6,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use postfix_adapter_clients::request::netstring;
+use postfix_adapter_clients::{Conn, Framing, Got};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use userli_postfix_adapter::config::{Config, ListenAddr};
 use userli_postfix_adapter::metrics::Metrics;
-use userli_postfix_adapter::protocol::netstring::{NetstringDecoder, encode};
 use userli_postfix_adapter::server::LocalAddr;
 use userli_postfix_adapter::{LookupBackend, Server};
 
@@ -131,11 +131,9 @@ pub async fn start_demo() -> Running {
     start_with_metrics(config, backend, metrics).await
 }
 
-/// A socketmap client connection.
-pub struct Client<S> {
-    stream: S,
-    buf: BytesMut,
-}
+/// A socketmap client connection: the shared client, panicking where a test
+/// should fail.
+pub struct Client<S>(Conn<S>);
 
 impl Client<tokio::net::TcpStream> {
     pub async fn tcp(addr: SocketAddr) -> Self {
@@ -151,48 +149,37 @@ impl Client<tokio::net::UnixStream> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
     pub fn new(stream: S) -> Self {
-        Self {
-            stream,
-            buf: BytesMut::new(),
-        }
+        Self(Conn::new(stream, Framing::Netstring).with_max_reply(200_000))
     }
 
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.unwrap();
+        self.0.send(bytes).await.unwrap();
     }
 
     /// The next reply, or `None` when the server closed the connection; panics
-    /// after [`READ_LIMIT`] so a regression fails instead of hanging the suite.
+    /// on a malformed reply, and after [`READ_LIMIT`] so a regression fails
+    /// instead of hanging the suite.
     pub async fn reply(&mut self) -> Option<String> {
-        let decoder = NetstringDecoder::new(200_000);
-        let read = async {
-            loop {
-                if let Some(frame) = decoder.decode(&mut self.buf).unwrap() {
-                    return Some(String::from_utf8(frame.to_vec()).unwrap());
-                }
-                match self.stream.read_buf(&mut self.buf).await {
-                    Ok(0) | Err(_) => return None,
-                    Ok(_) => {}
-                }
-            }
-        };
-        tokio::time::timeout(READ_LIMIT, read)
-            .await
-            .expect("a reply or a close within the read limit")
+        match self.0.next(READ_LIMIT).await {
+            Got::Reply(reply) => Some(reply),
+            Got::Closed { .. } => None,
+            Got::Hung => panic!("no reply or close within the read limit"),
+            Got::Malformed(why) => panic!("{why}"),
+        }
     }
 
     pub async fn ask(&mut self, request: &str) -> String {
-        self.send_raw(&encode(request.as_bytes())).await;
+        self.send_raw(&netstring(request.as_bytes())).await;
         self.reply().await.expect("a reply")
     }
 
     /// Waits until the server closes the connection; returns what it sent first.
     /// Panics after [`READ_LIMIT`].
     pub async fn until_closed(&mut self) -> Vec<u8> {
-        let mut rest = self.buf.to_vec();
-        let closed = tokio::time::timeout(READ_LIMIT, self.stream.read_to_end(&mut rest)).await;
-        assert!(closed.is_ok(), "the server did not close the connection");
-        rest
+        self.0
+            .until_closed(READ_LIMIT)
+            .await
+            .expect("the server did not close the connection")
     }
 }
 
@@ -215,30 +202,14 @@ impl Adapter {
     }
 }
 
-/// The sum of every series of metric `name` whose labels contain `labels`.
-pub fn metric(text: &str, name: &str, labels: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(labels))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
+#[allow(unused_imports)]
+pub use postfix_adapter_clients::http::metric;
 
-/// GET on the metrics listener: (status, body).
+/// GET on the metrics listener: (status, body); panics when there is no HTTP
+/// answer within [`READ_LIMIT`].
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out[9..12].parse().unwrap();
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let (status, body) = postfix_adapter_clients::http::get(addr, path, READ_LIMIT).await;
+    assert_ne!(status, 0, "no HTTP answer from {addr} for {path}");
     (status, body)
 }
 

@@ -2,8 +2,8 @@
 //! slow or fail everyone's mail?
 //!
 //! ```text
-//! cargo run --release --example sasl_flood              # 400 flooding connections, 10 s per phase
-//! cargo run --release --example sasl_flood -- --flood-connections 400 --duration 10s --markdown
+//! cargo run --release -p postfix-adapter-tools --bin sasl_flood              # 400 flooding connections, 10 s per phase
+//! cargo run --release -p postfix-adapter-tools --bin sasl_flood -- --flood-connections 400 --duration 10s --markdown
 //! ```
 //!
 //! The real engine runs in-process with a fake directory: every lookup takes
@@ -29,12 +29,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use bytes::BytesMut;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use postfix_adapter_clients::request::netstring_into;
+use postfix_adapter_clients::sasl::SaslClient;
+use postfix_adapter_clients::{Conn, Framing, http};
 use tokio_util::sync::CancellationToken;
 use userli_postfix_adapter::Server;
 use userli_postfix_adapter::backend_api::{
@@ -42,7 +41,6 @@ use userli_postfix_adapter::backend_api::{
 };
 use userli_postfix_adapter::config::{Config, ListenAddr, parse_go_duration};
 use userli_postfix_adapter::metrics::Metrics;
-use userli_postfix_adapter::protocol::netstring::{NetstringDecoder, encode_into};
 use userli_postfix_adapter::server::LocalAddr;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -149,35 +147,19 @@ async fn lookups(addr: SocketAddr, next: Arc<AtomicU64>, end: Instant) -> Phase 
         latency: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
         not_ok: 0,
     };
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
+    let Ok(mut conn) = Conn::tcp(addr, Framing::Netstring).await else {
         return phase;
     };
-    let _ = stream.set_nodelay(true);
     let mut wire = Vec::with_capacity(64);
-    let mut buf = BytesMut::with_capacity(1024);
-    let decoder = NetstringDecoder::new(100_000);
     while Instant::now() < end {
         let n = next.fetch_add(1, Ordering::Relaxed);
         wire.clear();
-        encode_into(
+        netstring_into(
             format!("mailbox fresh{n}@example.org").as_bytes(),
             &mut wire,
         );
         let started = Instant::now();
-        if stream.write_all(&wire).await.is_err() {
-            break;
-        }
-        let reply = loop {
-            match decoder.decode(&mut buf) {
-                Ok(Some(frame)) => break Some(frame),
-                Ok(None) => {}
-                Err(_) => break None,
-            }
-            match stream.read_buf(&mut buf).await {
-                Ok(0) | Err(_) => break None,
-                Ok(_) => {}
-            }
-        };
+        let reply = conn.exchange(&wire).await.ok();
         let took = started.elapsed();
         let _ = phase.latency.record(took.as_nanos() as u64);
         if reply.as_deref() != Some(&b"OK 1"[..]) {
@@ -225,81 +207,27 @@ struct Flood {
 
 /// One smtpd relaying wrong passwords for the SMTP client `rip`.
 async fn flood_connection(addr: SocketAddr, rip: String, stop: Arc<AtomicBool>, flood: Arc<Flood>) {
-    let resp = base64::engine::general_purpose::STANDARD.encode(b"\0victim@example.org\0guess");
     while !stop.load(Ordering::Relaxed) {
-        let Ok(stream) = TcpStream::connect(addr).await else {
+        let Ok(mut sasl) = SaslClient::tcp(addr).await else {
             tokio::time::sleep(Duration::from_millis(10)).await;
             continue;
         };
-        let mut stream = BufReader::new(stream);
-        if stream
-            .get_mut()
-            .write_all(b"VERSION\t1\t0\nCPID\t1\n")
-            .await
-            .is_err()
-        {
-            continue;
-        }
-        let mut line = String::new();
-        loop {
-            line.clear();
-            match stream.read_line(&mut line).await {
-                Ok(n) if n > 0 && line.trim_end() != "DONE" => {}
-                _ => break,
-            }
-        }
-        let mut id = 1u64;
         while !stop.load(Ordering::Relaxed) {
-            let request = format!(
-                "AUTH\t{id}\tPLAIN\tservice=smtp\tnologin\tlip=127.0.0.1\trip={rip}\tresp={resp}\n"
-            );
-            id += 1;
             flood.attempts.fetch_add(1, Ordering::Relaxed);
-            if stream
-                .get_mut()
-                .write_all(request.as_bytes())
+            if sasl
+                .auth_plain("victim@example.org", "guess", &rip)
                 .await
-                .is_err()
+                .is_ok()
             {
+                flood.failed.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // Dropped (Postfix would say 454): smtpd reconnects on the next AUTH.
                 flood.dropped.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(10)).await;
                 break;
             }
-            line.clear();
-            match stream.read_line(&mut line).await {
-                Ok(n) if n > 0 => {
-                    flood.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                _ => {
-                    // Dropped (Postfix would say 454): smtpd reconnects on the next AUTH.
-                    flood.dropped.fetch_add(1, Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    break;
-                }
-            }
         }
     }
-}
-
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let Ok(mut s) = TcpStream::connect(addr).await else {
-        return (0, String::new());
-    };
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    if s.write_all(request.as_bytes()).await.is_err() {
-        return (0, String::new());
-    }
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out).await;
-    let status = out.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
-    (status, out)
-}
-
-/// The value of an unlabelled (or first) series of `name` in `text`.
-fn gauge(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 fn main() -> Result<(), BoxError> {
@@ -385,7 +313,7 @@ fn main() -> Result<(), BoxError> {
         cli.lookup_connections,
         cli.duration,
     ));
-    let (ready, _) = client_rt.block_on(get(http, "/ready"));
+    let (ready, _) = client_rt.block_on(http::get(http, "/ready", Duration::from_secs(10)));
     stop_flood.store(true, Ordering::Relaxed);
     let _ = flood_thread.join();
     let text = metrics.render();
@@ -393,9 +321,17 @@ fn main() -> Result<(), BoxError> {
     let _ = server_rt
         .block_on(async { tokio::time::timeout(Duration::from_secs(10), server_task).await });
 
-    let refused = gauge(&text, "userli_postfix_adapter_sasl_checks_refused_total");
-    let lookup_breaker = gauge(&text, "userli_postfix_adapter_circuit_breaker_state");
-    let login_breaker = gauge(&text, "userli_postfix_adapter_sasl_circuit_breaker_state");
+    let refused = http::metric(
+        &text,
+        "userli_postfix_adapter_sasl_checks_refused_total",
+        "",
+    );
+    let lookup_breaker = http::metric(&text, "userli_postfix_adapter_circuit_breaker_state", "");
+    let login_breaker = http::metric(
+        &text,
+        "userli_postfix_adapter_sasl_circuit_breaker_state",
+        "",
+    );
     let attempts = flood.attempts.load(Ordering::Relaxed);
     let flood_note = format!(
         "{} connections, {attempts} AUTH attempts ({} answered FAIL, {} dropped: {refused} refused by the caps), {} reached the directory",

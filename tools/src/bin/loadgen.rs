@@ -8,8 +8,8 @@
 //! the complete reply frame; the warm-up is excluded.
 //!
 //! ```text
-//! cargo build --release --example loadgen
-//! L=target/release/examples/loadgen
+//! cargo build --release -p postfix-adapter-tools --bin loadgen
+//! L=target/release/loadgen
 //! $L floor                                 # trivial netstring server answering `OK 1`: the floor
 //! $L adapter                               # the real engine with an in-memory fake backend
 //! $L adapter --backend-latency 1ms         # ... whose every call takes 1 ms
@@ -56,6 +56,10 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use hdrhistogram::Histogram;
+use postfix_adapter_clients::idle::{self, Opened};
+use postfix_adapter_clients::process::{open_files_limit, rss_kib};
+use postfix_adapter_clients::request::{netstring, netstring_into};
+use postfix_adapter_clients::{Conn, Framing, ReadError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -967,43 +971,14 @@ fn next_random(state: &mut u64) -> u64 {
     x.wrapping_mul(0x2545_F491_4F6C_DD1D)
 }
 
-async fn connect(addr: SocketAddr) -> std::io::Result<TcpStream> {
-    let stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
-/// Reads one reply frame; `Ok(None)` when the server closed the connection.
-async fn read_reply(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    decoder: NetstringDecoder,
-) -> std::io::Result<Option<bytes::Bytes>> {
-    loop {
-        if let Some(frame) = decoder
-            .decode(buf)
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?
-        {
-            return Ok(Some(frame));
-        }
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(4096);
-        }
-        if stream.read_buf(buf).await? == 0 {
-            return Ok(None);
-        }
+/// Sends one request and waits for its reply; `Ok(None)` when the server
+/// closed the connection instead.
+async fn round_trip(conn: &mut Conn<TcpStream>, wire: &[u8]) -> Result<Option<Status>, ReadError> {
+    match conn.exchange(wire).await {
+        Ok(frame) => Ok(Some(Status::of(&frame))),
+        Err(ReadError::Closed { .. }) => Ok(None),
+        Err(e) => Err(e),
     }
-}
-
-/// Sends one request and waits for its reply.
-async fn round_trip(
-    stream: &mut TcpStream,
-    buf: &mut BytesMut,
-    wire: &[u8],
-) -> std::io::Result<Option<Status>> {
-    stream.write_all(wire).await?;
-    let reply = read_reply(stream, buf, NetstringDecoder::new(200_000)).await?;
-    Ok(reply.map(|frame| Status::of(&frame)))
 }
 
 /// One persistent connection sending one request at a time until the plan ends.
@@ -1012,17 +987,13 @@ async fn client_connection(plan: Arc<Plan>, id: u64) -> Stats {
     let mut rng = 0x9E37_79B9_7F4A_7C15_u64 ^ (id + 1).wrapping_mul(0xD1B5_4A32_D192_ED03);
     let mut payload = String::with_capacity(64);
     let mut wire = Vec::with_capacity(80);
-    let mut buf = BytesMut::with_capacity(4096);
     let mut seq = id;
-    let mut stream: Option<TcpStream> = None;
+    let mut stream: Option<Conn<TcpStream>> = None;
     while Instant::now() < plan.end {
         let conn = match stream.as_mut() {
             Some(s) => s,
-            None => match connect(plan.addr).await {
-                Ok(s) => {
-                    buf.clear();
-                    stream.insert(s)
-                }
+            None => match Conn::tcp(plan.addr, Framing::Netstring).await {
+                Ok(s) => stream.insert(s),
                 Err(_) => {
                     stats.errors += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1037,10 +1008,9 @@ async fn client_connection(plan: Arc<Plan>, id: u64) -> Stats {
         request_payload(&mut payload, plan.map, plan.pattern, seq, n);
         seq += 1;
         wire.clear();
-        encode_into(payload.as_bytes(), &mut wire);
+        netstring_into(payload.as_bytes(), &mut wire);
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(plan.request_timeout, round_trip(conn, &mut buf, &wire)).await;
+        let result = tokio::time::timeout(plan.request_timeout, round_trip(conn, &wire)).await;
         let took = started.elapsed();
         match result {
             Ok(Ok(Some(status))) => {
@@ -1127,31 +1097,6 @@ fn drive(
 // ---------------------------------------------------------------------------
 // Memory
 // ---------------------------------------------------------------------------
-
-/// `VmRSS` of `pid` (or this process) in KiB.
-fn rss_kib(pid: Option<u32>) -> Option<u64> {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/status"),
-        None => "/proc/self/status".to_owned(),
-    };
-    let status = std::fs::read_to_string(path).ok()?;
-    parse_status_kib(&status, "VmRSS:")
-}
-
-fn parse_status_kib(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-}
-
-/// The soft limit on open files, from /proc (no unsafe `getrlimit` needed).
-fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
-}
 
 fn check_fd_limit(needed: usize, out: &Output) {
     if let Some(limit) = open_files_limit()
@@ -1344,33 +1289,26 @@ fn scenario_cold_key(
         // Connect everything first and make sure the server has accepted each
         // connection: an unknown map is answered without asking the backend.
         let mut conns = Vec::with_capacity(concurrency);
-        let mut buf = BytesMut::new();
-        let mut ping = Vec::new();
-        encode_into(b"ping x", &mut ping);
+        let ping = netstring(b"ping x");
         for _ in 0..concurrency {
-            let mut s = connect(addr).await?;
-            round_trip(&mut s, &mut buf, &ping).await?;
+            let mut s = Conn::tcp(addr, Framing::Netstring).await?;
+            round_trip(&mut s, &ping).await?;
             conns.push(s);
         }
         let mut stats = Stats::default();
         let mut per_round = Vec::new();
         for round in 0..rounds {
             let before = fake.calls();
-            let mut wire = Vec::new();
-            encode_into(
-                format!("mailbox user{round}@example.org").as_bytes(),
-                &mut wire,
-            );
-            let wire: Arc<[u8]> = wire.into();
+            let wire: Arc<[u8]> =
+                netstring(format!("mailbox user{round}@example.org").as_bytes()).into();
             let gate = Arc::new(tokio::sync::Barrier::new(concurrency + 1));
             let mut set = tokio::task::JoinSet::new();
             for mut s in conns.drain(..) {
                 let (gate, wire) = (gate.clone(), wire.clone());
                 set.spawn(async move {
-                    let mut buf = BytesMut::with_capacity(256);
                     gate.wait().await;
                     let started = Instant::now();
-                    let r = round_trip(&mut s, &mut buf, &wire).await;
+                    let r = round_trip(&mut s, &wire).await;
                     (s, r, started.elapsed())
                 });
             }
@@ -1414,51 +1352,28 @@ async fn open_idle(
     n: usize,
     probe: &str,
     concurrency: usize,
-) -> (Vec<TcpStream>, Stats) {
-    let mut wire = Vec::new();
-    encode_into(probe.as_bytes(), &mut wire);
-    let wire: Arc<[u8]> = wire.into();
-    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        let (gate, wire) = (gate.clone(), wire.clone());
-        set.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            let started = Instant::now();
-            let mut s = connect(addr).await?;
-            let mut buf = BytesMut::with_capacity(256);
-            let status = round_trip(&mut s, &mut buf, &wire).await?;
-            Ok::<_, std::io::Error>((s, status, started.elapsed()))
-        });
-    }
+) -> (Vec<Conn<TcpStream>>, Stats) {
+    let opened = idle::open(
+        addr,
+        n,
+        &netstring(probe.as_bytes()),
+        concurrency,
+        Duration::from_secs(60),
+    )
+    .await;
     let mut conns = Vec::with_capacity(n);
     let mut stats = Stats::default();
-    while let Some(joined) = set.join_next().await {
-        match joined {
-            Ok(Ok((s, Some(status), took))) => {
-                stats.record(took, status);
-                conns.push(s);
+    for o in opened {
+        match o {
+            Opened::Answered(conn, reply, took) => {
+                stats.record(took, Status::of(&reply));
+                conns.push(conn);
             }
-            Ok(Ok((_, None, _))) => stats.disconnects += 1,
-            Ok(Err(_)) | Err(_) => stats.errors += 1,
+            Opened::Closed => stats.disconnects += 1,
+            Opened::Failed(_) => stats.errors += 1,
         }
     }
     (conns, stats)
-}
-
-/// Counts the held connections the server has closed (EOF or reset pending).
-async fn closed_by_server(conns: &mut [TcpStream]) -> usize {
-    // Let the reactor collect pending events, then look without waiting.
-    tokio::time::sleep(Duration::from_millis(20)).await;
-    let mut byte = [0u8; 1];
-    conns
-        .iter_mut()
-        .filter(|s| match s.try_read(&mut byte) {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        })
-        .count()
 }
 
 struct SpawnedServer {
@@ -1555,7 +1470,7 @@ fn scenario_idle(
         ctx.client_rt
             .block_on(open_idle(addr, connections, probe, connect_concurrency));
     std::thread::sleep(settle);
-    let closed = ctx.client_rt.block_on(closed_by_server(&mut conns));
+    let closed = ctx.client_rt.block_on(idle::closed_by_server(&mut conns));
     let after = rss_kib(pid);
     let client_after = rss_kib(None);
     let held = conns.len() - closed;
@@ -1789,14 +1704,6 @@ mod tests {
         assert_eq!(Status::of(b"PERM Unknown map name"), Status::Perm);
         assert_eq!(Status::of(b"OKAY"), Status::Other);
         assert_eq!(Status::of(b""), Status::Other);
-    }
-
-    #[test]
-    fn reads_rss_from_proc_status() {
-        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t  1234 kB\n";
-        assert_eq!(parse_status_kib(status, "VmRSS:"), Some(1234));
-        assert_eq!(parse_status_kib(status, "VmSwap:"), None);
-        assert!(rss_kib(None).is_some_and(|k| k > 0));
     }
 
     #[test]

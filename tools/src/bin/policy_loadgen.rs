@@ -2,8 +2,8 @@
 //! latency with the embedded store or with Redis.
 //!
 //! ```text
-//! cargo run --release --example policy_loadgen -- --connections 50 --duration 5s
-//! cargo run --release --example policy_loadgen -- --redis-url redis://127.0.0.1:6379/0
+//! cargo run --release -p postfix-adapter-tools --bin policy_loadgen -- --connections 50 --duration 5s
+//! cargo run --release -p postfix-adapter-tools --bin policy_loadgen -- --redis-url redis://127.0.0.1:6379/0
 //! ```
 //!
 //! It starts the engine in-process (fixture backend with `--logins` logins, each with
@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use postfix_adapter_clients::request::policy_end_of_message;
+use postfix_adapter_clients::{Conn, Framing};
 use userli_postfix_adapter::config::{Config, ListenAddr, Secret, parse_go_duration};
 use userli_postfix_adapter::metrics::Metrics;
 use userli_postfix_adapter::server::LocalAddr;
@@ -65,29 +66,15 @@ async fn client(
     measuring: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) -> Vec<u64> {
-    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let _ = conn.set_nodelay(true);
+    let mut conn = Conn::tcp(addr, Framing::Block).await.expect("connect");
     let mut latencies = Vec::new();
-    let mut reply = [0u8; 64];
     let mut i = first;
     while !stop.load(Ordering::Relaxed) {
-        let request = format!(
-            "request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nprotocol_name=ESMTP\nsender=user{n}@example.org\nrecipient_count=1\nsasl_method=plain\nsasl_username=user{n}@example.org\n\n",
-            n = i % logins
-        );
+        let request = policy_end_of_message(&format!("user{}@example.org", i % logins));
         i += 1;
         let started = Instant::now();
-        conn.write_all(request.as_bytes()).await.expect("write");
-        let mut got = 0;
-        while !reply[..got].ends_with(b"\n\n") {
-            let n = conn.read(&mut reply[got..]).await.expect("read");
-            assert!(n > 0, "server closed the connection");
-            got += n;
-        }
-        assert!(
-            reply[..got].starts_with(b"action=DUNNO"),
-            "unexpected reply"
-        );
+        let reply = conn.exchange(&request).await.expect("a policy reply");
+        assert!(reply.starts_with(b"action=DUNNO"), "unexpected reply");
         if measuring.load(Ordering::Relaxed) {
             latencies.push(started.elapsed().as_micros() as u64);
         }

@@ -4,8 +4,8 @@
 //! answer.
 //!
 //! ```text
-//! cargo build --release --example soak
-//! target/release/examples/soak \
+//! cargo build --release -p postfix-adapter-tools --bin soak
+//! target/release/soak \
 //!     --socketmap 127.0.0.1:10001 --policy 127.0.0.1:10003 --sasl 127.0.0.1:10004 \
 //!     --pid "$(pidof userli-postfix-adapter)" --duration 10m --out target/soak/soak.csv
 //! ```
@@ -77,15 +77,17 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use bytes::BytesMut;
 use clap::Parser;
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use postfix_adapter_clients::idle::{self, Opened};
+use postfix_adapter_clients::process::ProcSample;
+use postfix_adapter_clients::request::netstring_into;
+use postfix_adapter_clients::sasl::SaslClient;
+use postfix_adapter_clients::{self as clients, Framing, ReadError};
 use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 use userli_postfix_adapter::config::parse_go_duration;
-use userli_postfix_adapter::protocol::netstring::{NetstringDecoder, encode_into};
 
 // ---------------------------------------------------------------------------
 // Command line
@@ -348,7 +350,7 @@ impl Workload {
                         (request.to_owned(), want)
                     }
                 };
-                encode_into(payload.as_bytes(), out);
+                netstring_into(payload.as_bytes(), out);
                 (Expect::Payload(want.to_owned()), payload)
             }
             Service::Policy => {
@@ -461,108 +463,47 @@ impl ErrorKind {
 /// A failed exchange: the kind and a description.
 type Failure = (ErrorKind, String);
 
-/// The largest reply accepted: Postfix's socketmap limit plus framing; policy and
-/// SASL replies are a line or two.
-const MAX_REPLY: usize = 100_016;
-
-/// One persistent connection with its read buffer.
-struct Conn {
-    stream: TcpStream,
-    buf: BytesMut,
-}
+/// One persistent connection: the shared client with the soak's failure kinds.
+struct Conn(clients::Conn<TcpStream>);
 
 impl Conn {
     /// Connects and, for SASL, does the Dovecot handshake, all within `limit`.
     async fn open(service: Service, addr: SocketAddr, limit: Duration) -> Result<Self, Failure> {
         let connect = async {
-            let stream = TcpStream::connect(addr)
+            let framing = match service {
+                Service::Socketmap => Framing::Netstring,
+                Service::Policy => Framing::Block,
+                Service::Sasl => Framing::Line,
+            };
+            let conn = clients::Conn::tcp(addr, framing)
                 .await
                 .map_err(|e| (ErrorKind::Connect, format!("connect {addr}: {e}")))?;
-            // Requests are small and one at a time: don't let Nagle delay them.
-            let _ = stream.set_nodelay(true);
-            let mut conn = Self {
-                stream,
-                buf: BytesMut::with_capacity(4096),
-            };
-            if service == Service::Sasl {
-                conn.sasl_handshake().await?;
+            if service != Service::Sasl {
+                return Ok(Self(conn));
             }
-            Ok(conn)
+            let sasl = SaslClient::handshake(conn)
+                .await
+                .map_err(|e| (ErrorKind::Connect, e.to_string()))?;
+            if !sasl.plain_offered() {
+                return Err((ErrorKind::Connect, "handshake offers no PLAIN".into()));
+            }
+            Ok(Self(sasl.into_conn()))
         };
         tokio::time::timeout(limit, connect)
             .await
             .unwrap_or_else(|_| Err((ErrorKind::Connect, "connect/handshake timed out".into())))
     }
 
-    /// Reads the server's handshake up to `DONE`, checks that PLAIN is offered, and
-    /// answers with `VERSION` and `CPID`, as Postfix does.
-    async fn sasl_handshake(&mut self) -> Result<(), Failure> {
-        let mut plain = false;
-        loop {
-            let line = self
-                .read_frame(Service::Sasl)
-                .await
-                .map_err(|(_, why)| (ErrorKind::Connect, format!("handshake: {why}")))?;
-            let line = line.trim_end_matches('\n');
-            if line.starts_with("MECH\tPLAIN") {
-                plain = true;
-            }
-            if line == "DONE" {
-                break;
-            }
-        }
-        if !plain {
-            return Err((ErrorKind::Connect, "handshake offers no PLAIN".into()));
-        }
-        let hello = format!("VERSION\t1\t2\nCPID\t{}\n", std::process::id());
-        self.stream
-            .write_all(hello.as_bytes())
-            .await
-            .map_err(|e| (ErrorKind::Connect, format!("handshake: {e}")))
-    }
-
     /// Sends `request` and returns the reply (the netstring payload for socketmap).
-    async fn exchange(&mut self, service: Service, request: &[u8]) -> Result<String, Failure> {
-        self.stream
-            .write_all(request)
-            .await
-            .map_err(|e| (ErrorKind::Closed, format!("write: {e}")))?;
-        self.read_frame(service).await
-    }
-
-    /// The next reply frame: a netstring payload (socketmap), lines up to the empty
-    /// line (policy), or one line (SASL).
-    async fn read_frame(&mut self, service: Service) -> Result<String, Failure> {
-        loop {
-            let frame = match service {
-                Service::Socketmap => NetstringDecoder::new(MAX_REPLY)
-                    .decode(&mut self.buf)
-                    .map_err(|e| (ErrorKind::Unexpected, format!("bad netstring: {e}")))?
-                    .map(|payload| payload.to_vec()),
-                Service::Policy => {
-                    find(&self.buf, b"\n\n").map(|end| self.buf.split_to(end + 2).to_vec())
-                }
-                Service::Sasl => {
-                    find(&self.buf, b"\n").map(|end| self.buf.split_to(end + 1).to_vec())
-                }
-            };
-            if let Some(frame) = frame {
-                return Ok(String::from_utf8_lossy(&frame).into_owned());
+    async fn exchange(&mut self, request: &[u8]) -> Result<String, Failure> {
+        match self.0.exchange(request).await {
+            Ok(frame) => Ok(String::from_utf8_lossy(&frame).into_owned()),
+            Err(e @ (ReadError::Malformed(_) | ReadError::TooLong)) => {
+                Err((ErrorKind::Unexpected, e.to_string()))
             }
-            if self.buf.len() > MAX_REPLY {
-                return Err((ErrorKind::Unexpected, "reply too long".into()));
-            }
-            match self.stream.read_buf(&mut self.buf).await {
-                Ok(0) => return Err((ErrorKind::Closed, "closed by the adapter".into())),
-                Ok(_) => {}
-                Err(e) => return Err((ErrorKind::Closed, format!("read: {e}"))),
-            }
+            Err(e) => Err((ErrorKind::Closed, e.to_string())),
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 // ---------------------------------------------------------------------------
@@ -761,7 +702,7 @@ async fn client(spec: ClientSpec) {
         };
         let (expect, what) = workload.next(&mut request);
         let started = Instant::now();
-        let result = tokio::time::timeout(reply_timeout, c.exchange(service, &request)).await;
+        let result = tokio::time::timeout(reply_timeout, c.exchange(&request)).await;
         let latency = started.elapsed();
         let failure = match result {
             Err(_) => Some((
@@ -800,35 +741,9 @@ async fn client(spec: ClientSpec) {
 // Process sampling
 // ---------------------------------------------------------------------------
 
-/// The adapter's resources at one moment; `None` where /proc could not be read.
-#[derive(Debug, Clone, Copy, Default)]
-struct ProcSample {
-    rss_kib: Option<u64>,
-    threads: Option<u64>,
-    fds: Option<u64>,
-}
-
+/// The adapter's resources now; nothing when no `--pid` was given.
 fn sample_proc(pid: Option<u32>) -> ProcSample {
-    let Some(pid) = pid else {
-        return ProcSample::default();
-    };
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    ProcSample {
-        rss_kib: status_field(&status, "VmRSS:"),
-        threads: status_field(&status, "Threads:"),
-        fds: std::fs::read_dir(format!("/proc/{pid}/fd"))
-            .ok()
-            .map(|d| d.count() as u64),
-    }
-}
-
-/// The number after `field` in /proc/PID/status (`VmRSS:   1234 kB` → 1234).
-fn status_field(status: &str, field: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    pid.map(|p| ProcSample::of(Some(p))).unwrap_or_default()
 }
 
 // ---------------------------------------------------------------------------
@@ -1115,7 +1030,7 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
     }
     let elapsed = started.elapsed();
     let idle_held = idle.len();
-    let idle_failed = ask_idle(idle, cli.reply_timeout).await;
+    let (_, idle_failed) = idle::ask_again(idle, IDLE_REQUEST, IDLE_REPLY, cli.reply_timeout).await;
     // Once the clients have disconnected, descriptors (and threads) should be back
     // at their baseline; give the adapter a moment to close its ends first.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -1150,66 +1065,35 @@ async fn run(cli: Cli) -> Result<bool, Box<dyn std::error::Error>> {
 
 /// The idle connections' lookup and its answer in the demo fixture.
 const IDLE_REQUEST: &[u8] = b"18:domain example.org,";
-const IDLE_REPLY: &[u8] = b"4:OK 1,";
+const IDLE_REPLY: &[u8] = b"OK 1";
 
-/// One lookup on an idle connection.
-async fn ask_idle_once(conn: &mut TcpStream, limit: Duration) -> Result<(), String> {
-    let exchange = async {
-        conn.write_all(IDLE_REQUEST).await?;
-        let mut reply = [0u8; IDLE_REPLY.len()];
-        conn.read_exact(&mut reply).await?;
-        Ok::<_, std::io::Error>(reply)
-    };
-    match tokio::time::timeout(limit, exchange).await {
-        Ok(Ok(reply)) if reply == IDLE_REPLY => Ok(()),
-        Ok(Ok(reply)) => Err(format!(
-            "unexpected reply {:?}",
-            String::from_utf8_lossy(&reply)
-        )),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no reply in time".into()),
-    }
-}
-
-/// Opens `n` connections to `addr`, 500 at a time, each answered once.
-async fn open_idle(addr: SocketAddr, n: usize, limit: Duration) -> Result<Vec<TcpStream>, String> {
+/// Opens `n` idle connections to `addr`, 500 at a time, each answered once.
+async fn open_idle(
+    addr: SocketAddr,
+    n: usize,
+    limit: Duration,
+) -> Result<Vec<clients::Conn<TcpStream>>, String> {
     // Each connection is a descriptor here too; Debian's soft limit is 1024.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let mut conns = Vec::with_capacity(n);
-    while conns.len() < n {
-        let batch: Vec<_> = (conns.len()..n.min(conns.len() + 500))
-            .map(|_| {
-                tokio::spawn(async move {
-                    let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-                    ask_idle_once(&mut conn, limit).await?;
-                    Ok::<_, String>(conn)
-                })
-            })
-            .collect();
-        for task in batch {
-            let conn = task
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("idle connection {}: {e}", conns.len()))?;
-            conns.push(conn);
+    for (i, opened) in idle::open(addr, n, IDLE_REQUEST, 500, limit)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        match opened {
+            Opened::Answered(conn, reply, _) if reply[..] == *IDLE_REPLY => conns.push(conn),
+            Opened::Answered(_, reply, _) => {
+                return Err(format!(
+                    "idle connection {i}: unexpected reply {:?}",
+                    String::from_utf8_lossy(&reply)
+                ));
+            }
+            Opened::Closed => return Err(format!("idle connection {i}: closed by the adapter")),
+            Opened::Failed(why) => return Err(format!("idle connection {i}: {why}")),
         }
     }
     Ok(conns)
-}
-
-/// Asks every idle connection once more; returns how many failed.
-async fn ask_idle(conns: Vec<TcpStream>, limit: Duration) -> usize {
-    let tasks: Vec<_> = conns
-        .into_iter()
-        .map(|mut conn| tokio::spawn(async move { ask_idle_once(&mut conn, limit).await }))
-        .collect();
-    let mut failed = 0;
-    for task in tasks {
-        if !matches!(task.await, Ok(Ok(()))) {
-            failed += 1;
-        }
-    }
-    failed
 }
 
 /// The adapter's resources over the run, for the summary.
@@ -1360,13 +1244,10 @@ mod tests {
     }
 
     #[test]
-    fn reads_proc_status_fields() {
-        let status = "Name:\tx\nVmRSS:\t  1234 kB\nThreads:\t7\n";
-        assert_eq!(status_field(status, "VmRSS:"), Some(1234));
-        assert_eq!(status_field(status, "Threads:"), Some(7));
-        assert_eq!(status_field(status, "VmSwap:"), None);
+    fn samples_the_adapter_only_when_given_its_pid() {
         let own = sample_proc(Some(std::process::id()));
         assert!(own.rss_kib.is_some_and(|k| k > 0) && own.fds.is_some());
+        assert_eq!(sample_proc(None), ProcSample::default());
     }
 
     #[test]

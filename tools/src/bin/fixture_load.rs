@@ -1,7 +1,7 @@
 //! How long the fixture backend takes to load (and reload on SIGHUP) a large file.
 //!
 //! ```text
-//! cargo run --release --example fixture_load -- 100000
+//! cargo run --release -p postfix-adapter-tools --bin fixture_load -- 100000
 //! ```
 //!
 //! Generates a fixture with N users, each with an argon2id hash (checked for shape
