@@ -55,6 +55,7 @@ pub mod protocol;
 pub(crate) mod resilience;
 pub(crate) mod sasl;
 pub mod server;
+pub(crate) mod state_file;
 
 pub use postfix_adapter_backend as backend_api;
 pub use postfix_adapter_backend::LookupBackend;
@@ -193,7 +194,7 @@ impl Server {
         let policy = match policy_listeners {
             None => None,
             Some(listeners) => {
-                let store = policy::open_store(&config).await?;
+                let store = policy::open_store(&config, &metrics).await?;
                 let service = policy_service(&config, backend.clone(), store, &metrics)?;
                 Some((Arc::new(service), listeners))
             }

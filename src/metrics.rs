@@ -56,6 +56,9 @@ pub struct Metrics {
     /// `userli_postfix_adapter_connections_denied_total{listener}` (new): TCP
     /// connections closed because the peer is not in `ALLOWED_CLIENTS`.
     pub(crate) connections_denied: IntCounterVec,
+    /// `userli_postfix_adapter_state_files_damaged_total{file}` (new): state files
+    /// found damaged at start and set aside.
+    pub(crate) state_files_damaged: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -168,8 +171,16 @@ impl Metrics {
                 ),
                 &["listener"],
             )?,
+            state_files_damaged: IntCounterVec::new(
+                opts(
+                    "state_files_damaged_total",
+                    "State files found damaged at start, moved aside (*.corrupt-<time>) and started afresh",
+                ),
+                &["file"],
+            )?,
             registry,
         };
+        m.state_files_damaged.with_label_values(&["policy-windows"]);
         // Every series with a known label set starts at zero, so dashboards and
         // alerts see "none yet" rather than "no data".
         for listener in ["socketmap", "policy", "sasl", "metrics"] {
@@ -216,11 +227,18 @@ impl Metrics {
         m.registry.register(Box::new(m.backend_errors.clone()))?;
         m.registry.register(Box::new(m.reloads.clone()))?;
         m.registry.register(Box::new(m.build_info.clone()))?;
+        m.registry
+            .register(Box::new(m.state_files_damaged.clone()))?;
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(m)
+    }
+
+    /// Counts a damaged state file `file` (a fixed name, never a path) set aside.
+    pub(crate) fn state_file_damaged(&self, file: &str) {
+        self.state_files_damaged.with_label_values(&[file]).inc();
     }
 
     /// The registry, for backends that register their own metrics and for `/metrics`.

@@ -1022,8 +1022,8 @@ fn run_to_exit(env: &[(&str, &str)]) -> (Option<i32>, String) {
 
 /// STATE_DIRECTORY "must be writable" (README): an unusable one stops the start
 /// with exit 1 and one line naming it, rather than starting and silently losing
-/// or resetting every quota: below a regular file, the state file being a
-/// directory, a damaged state file, and a directory where the write probe goes
+/// every quota: below a regular file, the state file being a
+/// directory, and a directory where the write probe goes
 /// (how an unwritable directory shows up even for root). With the policy server
 /// off the state directory is not used, so the same path does not matter.
 #[test]
@@ -1034,9 +1034,6 @@ fn unusable_state_directory_at_startup_is_fatal_unless_the_policy_server_is_off(
     let below_file = file.join("state");
     let file_is_dir = dir.path().join("file-is-dir");
     std::fs::create_dir_all(file_is_dir.join("policy-windows.json")).unwrap();
-    let damaged = dir.path().join("damaged");
-    std::fs::create_dir_all(&damaged).unwrap();
-    std::fs::write(damaged.join("policy-windows.json"), "{not json").unwrap();
     let probe_blocked = dir.path().join("probe-blocked");
     std::fs::create_dir_all(probe_blocked.join(".write-test")).unwrap();
 
@@ -1044,7 +1041,6 @@ fn unusable_state_directory_at_startup_is_fatal_unless_the_policy_server_is_off(
     for (name, path, cause) in [
         ("below a file", &below_file, "Not a directory"),
         ("state file is a directory", &file_is_dir, "Is a directory"),
-        ("damaged state file", &damaged, "policy-windows.json"),
         ("write probe blocked", &probe_blocked, "Is a directory"),
     ] {
         let (code, stderr) = run_to_exit(&[("STATE_DIRECTORY", path.to_str().unwrap())]);
@@ -1068,6 +1064,86 @@ fn unusable_state_directory_at_startup_is_fatal_unless_the_policy_server_is_off(
         seen.join(", "),
         status.code()
     );
+}
+
+/// A damaged quota state file (empty, truncated, garbage) must not take the
+/// adapter down: it starts, logs the damage at error naming both files, counts
+/// it in `state_files_damaged_total`, keeps the damaged bytes aside, and serves
+/// lookups and policy requests (with empty windows) as usual.
+#[tokio::test]
+async fn a_damaged_state_file_is_set_aside_and_the_adapter_starts_with_empty_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("f.toml");
+    std::fs::write(&fixture, QUOTA_FIXTURE).unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let file = state.join("policy-windows.json");
+    // A real state file to truncate: limited@ sent once.
+    {
+        let adapter = spawn(&fixture, &state, &[]);
+        let mut policy = Conn::connect(
+            adapter.policy.as_ref().unwrap().parse().unwrap(),
+            Proto::Policy,
+        )
+        .await;
+        assert_eq!(policy.ask("limited@example.org").await, DUNNO);
+        assert!(adapter.terminate().success());
+    }
+    let good = std::fs::read(&file).unwrap();
+    assert!(good.len() > 20, "a state file was saved");
+    for (what, damaged) in [
+        ("empty", Vec::new()),
+        ("truncated", good[..good.len() / 2].to_vec()),
+        ("garbage", b"\x7fELF\x00\x00garbage".to_vec()),
+    ] {
+        std::fs::write(&file, &damaged).unwrap();
+        let adapter = spawn(&fixture, &state, &[]);
+        let logged = adapter
+            .startup_log("quota state file is damaged")
+            .unwrap_or_else(|| panic!("{what}: no log line about the damaged file"))
+            .clone();
+        assert_eq!(logged["level"], "ERROR", "{what}: {logged}");
+        let moved_to = logged["moved_to"].as_str().unwrap().to_owned();
+        assert!(
+            moved_to.contains("policy-windows.json.corrupt-"),
+            "{what}: {moved_to}"
+        );
+        assert_eq!(
+            std::fs::read(&moved_to).unwrap(),
+            damaged,
+            "{what}: kept aside"
+        );
+        let (_, text) = http_get(adapter.metrics.parse().unwrap(), "/metrics").await;
+        assert_eq!(
+            metric(
+                &text,
+                &format!("{M}state_files_damaged_total"),
+                "file=\"policy-windows\""
+            ),
+            1.0,
+            "{what}"
+        );
+        let mut policy = Conn::connect(
+            adapter.policy.as_ref().unwrap().parse().unwrap(),
+            Proto::Policy,
+        )
+        .await;
+        // Empty windows: the quota of 2 an hour allows two more.
+        assert_eq!(policy.ask("limited@example.org").await, DUNNO, "{what}");
+        assert_eq!(policy.ask("limited@example.org").await, DUNNO, "{what}");
+        assert_eq!(policy.ask("limited@example.org").await, REJECT, "{what}");
+        let mut map = Conn::connect(adapter.socketmap.parse().unwrap(), Proto::Socketmap).await;
+        assert_eq!(
+            map.ask("mailbox limited@example.org").await,
+            "OK 1",
+            "{what}"
+        );
+        assert!(adapter.terminate().success(), "{what}");
+        std::fs::remove_file(&moved_to).unwrap();
+        // Exit saved a good file again.
+        assert!(std::fs::read(&file).is_ok_and(|b| !b.is_empty()), "{what}");
+        std::fs::write(&file, &good).unwrap();
+    }
 }
 
 // ---------------------------------------------------------------------------

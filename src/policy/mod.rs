@@ -446,16 +446,21 @@ impl PolicyService {
 }
 
 /// Opens the quota store: Redis when `REDIS_URL` is set, else the embedded one.
+/// A damaged state file is set aside (logged at error, counted in
+/// `state_files_damaged_total{file="policy-windows"}`) and the windows start empty.
 pub(crate) async fn open_store(
     config: &crate::config::Config,
+    metrics: &Metrics,
 ) -> Result<Arc<dyn QuotaStore>, store::StoreError> {
     if let Some(url) = &config.policy.redis_url {
         let store = redis_store::RedisStore::connect(url.expose(), config.lookups.timeout).await?;
         return Ok(Arc::new(store));
     }
-    Ok(Arc::new(store::EmbeddedStore::open(
-        &config.policy.state_directory,
-    )?))
+    let store = store::EmbeddedStore::open(&config.policy.state_directory)?;
+    if store.set_aside().is_some() {
+        metrics.state_file_damaged("policy-windows");
+    }
+    Ok(Arc::new(store))
 }
 
 #[cfg(test)]

@@ -90,6 +90,16 @@ pub struct EmbeddedStore {
     senders: Mutex<HashMap<String, Windows>>,
     path: Option<PathBuf>,
     dirty: AtomicBool,
+    set_aside: Option<PathBuf>,
+}
+
+/// The windows in a state file, or why it cannot be read as such.
+fn parse_snapshot(bytes: &[u8]) -> Result<HashMap<String, Windows>, String> {
+    let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if snapshot.version != SNAPSHOT_VERSION {
+        return Err(format!("unknown version {}", snapshot.version));
+    }
+    Ok(snapshot.senders)
 }
 
 impl EmbeddedStore {
@@ -99,15 +109,20 @@ impl EmbeddedStore {
             senders: Mutex::new(HashMap::new()),
             path: None,
             dirty: AtomicBool::new(false),
+            set_aside: None,
         }
     }
 
     /// Opens the store in `state_dir`, creating the directory and loading the
-    /// windows saved by the previous run.
+    /// windows saved by the previous run. A file that cannot be read as windows
+    /// (empty, truncated, garbage, another version) is moved aside
+    /// (`policy-windows.json.corrupt-<unix seconds>`), logged at error, and the
+    /// windows start empty: a damaged quota file must not take lookups and logins
+    /// down with it. [`EmbeddedStore::set_aside`] tells whether that happened.
     ///
     /// # Errors
-    /// [`StoreError`] when the directory cannot be created or the file cannot be
-    /// read or parsed (refusing to start beats silently resetting every quota).
+    /// [`StoreError`] when the directory cannot be created or written, or the
+    /// file cannot be read or moved aside.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let path = state_dir.join(STATE_FILE);
         let io = |source| StoreError::Io {
@@ -115,21 +130,23 @@ impl EmbeddedStore {
             source,
         };
         std::fs::create_dir_all(state_dir).map_err(io)?;
+        let mut set_aside = None;
         let senders = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let snapshot: Snapshot =
-                    serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
-                        path: path.clone(),
-                        message: e.to_string(),
-                    })?;
-                if snapshot.version != SNAPSHOT_VERSION {
-                    return Err(StoreError::Corrupt {
-                        path,
-                        message: format!("unknown version {}", snapshot.version),
-                    });
+            Ok(bytes) => match parse_snapshot(&bytes) {
+                Ok(senders) => senders,
+                Err(why) => {
+                    let aside =
+                        crate::state_file::set_aside(&path, SystemTime::now()).map_err(io)?;
+                    tracing::error!(
+                        file = %path.display(),
+                        moved_to = %aside.display(),
+                        error = %why,
+                        "quota state file is damaged: moved aside, starting with empty windows (sending counts of the last day are lost)"
+                    );
+                    set_aside = Some(aside);
+                    HashMap::new()
                 }
-                snapshot.senders
-            }
+            },
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(io(e)),
         };
@@ -141,7 +158,13 @@ impl EmbeddedStore {
             senders: Mutex::new(senders),
             path: Some(path),
             dirty: AtomicBool::new(false),
+            set_aside,
         })
+    }
+
+    /// Where a damaged state file found at open was moved, if one was.
+    pub fn set_aside(&self) -> Option<&Path> {
+        self.set_aside.as_deref()
     }
 
     /// The hour and day counts of `identity` at `now`, without recording.
@@ -186,8 +209,8 @@ impl QuotaStore for EmbeddedStore {
         Ok(Verdict::judge(limits, hour, day))
     }
 
-    /// Writes the windows to a temporary file and renames it over the state file,
-    /// so a crash mid-write never leaves a damaged file.
+    /// Writes the windows durably (temporary file, fsync, rename, fsync of the
+    /// directory), so neither a crash nor a power cut leaves a damaged file.
     async fn flush(&self) -> Result<(), StoreError> {
         let Some(path) = self.path.clone() else {
             return Ok(());
@@ -201,9 +224,7 @@ impl QuotaStore for EmbeddedStore {
                 path: path.clone(),
                 source,
             };
-            let tmp = path.with_extension("json.tmp");
-            std::fs::write(&tmp, &bytes).map_err(io)?;
-            std::fs::rename(&tmp, &path).map_err(io)
+            crate::state_file::write_durably(&path, &bytes).map_err(io)
         })
         .await
         .map_err(|e| StoreError::Remote(format!("state writer failed: {e}")))?;
@@ -265,12 +286,56 @@ mod tests {
         assert!(text.contains("new@x") && !text.contains("old@x"), "{text}");
     }
 
-    #[test]
-    fn a_damaged_file_refuses_to_start() {
+    #[tokio::test]
+    async fn a_damaged_file_is_set_aside_and_the_windows_start_empty() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join(STATE_FILE), "{not json").unwrap();
-        let err = EmbeddedStore::open(dir.path()).unwrap_err();
-        assert!(err.to_string().contains(STATE_FILE), "{err}");
+        let path = dir.path().join(STATE_FILE);
+        // A good file, to damage in three ways.
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let now = SystemTime::now();
+        store.check("a@x", quota(10), 3, now).await.unwrap();
+        store.flush().await.unwrap();
+        let good = std::fs::read(&path).unwrap();
+        for (what, damaged) in [
+            ("empty", Vec::new()),
+            ("truncated", good[..good.len() / 2].to_vec()),
+            ("garbage", b"\x00\xffnot json at all".to_vec()),
+            (
+                "another version",
+                br#"{"version":99,"senders":{}}"#.to_vec(),
+            ),
+        ] {
+            std::fs::write(&path, &damaged).unwrap();
+            let store = EmbeddedStore::open(dir.path()).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(store.counts("a@x", now), (0, 0), "{what}");
+            let aside = store.set_aside().expect("moved aside").to_owned();
+            assert!(
+                aside
+                    .file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with("policy-windows.json.corrupt-"),
+                "{what}: {}",
+                aside.display()
+            );
+            assert_eq!(
+                std::fs::read(&aside).unwrap(),
+                damaged,
+                "{what}: kept as it was"
+            );
+            assert!(!path.exists(), "{what}");
+            std::fs::remove_file(&aside).unwrap();
+            // The store works and saves again.
+            store.check("b@x", quota(10), 1, now).await.unwrap();
+            store.flush().await.unwrap();
+            assert!(
+                EmbeddedStore::open(dir.path())
+                    .unwrap()
+                    .set_aside()
+                    .is_none()
+            );
+        }
     }
 
     #[tokio::test]

@@ -223,6 +223,8 @@ pub struct Adapter {
     /// The SASL listener, when `SASL_LISTEN_ADDR` was given.
     pub sasl: Option<String>,
     pub lines: std::sync::mpsc::Receiver<String>,
+    /// The log lines read while waiting for the listeners.
+    pub startup: Vec<serde_json::Value>,
 }
 
 impl Adapter {
@@ -263,6 +265,7 @@ impl Adapter {
             .iter()
             .any(|(k, v)| *k == "SASL_LISTEN_ADDR" && !v.trim().is_empty());
         let (mut socketmap, mut metrics, mut policy, mut sasl) = (None, None, None, None);
+        let mut startup = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while socketmap.is_none() || metrics.is_none() || (want_sasl && sasl.is_none()) {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -278,6 +281,7 @@ impl Adapter {
                 Some("SASL server listening") => sasl = addr,
                 _ => {}
             }
+            startup.push(v);
         }
         Self {
             child,
@@ -286,7 +290,15 @@ impl Adapter {
             policy,
             sasl,
             lines,
+            startup,
         }
+    }
+
+    /// The first start-up log line whose message contains `text`.
+    pub fn startup_log(&self, text: &str) -> Option<&serde_json::Value> {
+        self.startup
+            .iter()
+            .find(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
     }
 
     /// The binary on the demo fixture with every listener on loopback: delimiter

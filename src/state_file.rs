@@ -1,0 +1,85 @@
+//! Files in the state directory that must survive power loss and damage: written
+//! so that a crash or power cut leaves either the old or the new file, never a
+//! mix; read so that a damaged file is set aside instead of stopping the adapter.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Replaces `path` with `bytes` durably: writes a temporary file next to it,
+/// flushes it to the disk, renames it over `path` and flushes the directory, so
+/// that the rename itself survives a power cut.
+///
+/// # Errors
+/// The first failing step's error.
+pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = temporary_path(path);
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    sync_directory(path)
+}
+
+/// The temporary file [`write_durably`] writes first: `<name>.tmp`.
+fn temporary_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// Flushes the directory holding `path`, so a rename or creation in it is on disk.
+fn sync_directory(path: &Path) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Moves a damaged `path` aside to `<name>.corrupt-<unix seconds>` (kept for
+/// inspection, never read again) and returns the new name.
+///
+/// # Errors
+/// The rename's error.
+pub(crate) fn set_aside(path: &Path, now: SystemTime) -> std::io::Result<PathBuf> {
+    let seconds = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut name = path.file_name().unwrap_or_default().to_owned();
+    name.push(format!(".corrupt-{seconds}"));
+    let aside = path.with_file_name(name);
+    std::fs::rename(path, &aside)?;
+    sync_directory(path)?;
+    Ok(aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_durable_write_replaces_the_file_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_durably(&path, b"one").unwrap();
+        write_durably(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["state.json"]);
+    }
+
+    #[test]
+    fn a_damaged_file_is_moved_aside_with_a_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(&path, b"garbage").unwrap();
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let aside = set_aside(&path, now).unwrap();
+        assert_eq!(aside, dir.path().join("state.json.corrupt-1700000000"));
+        assert!(!path.exists());
+        assert_eq!(std::fs::read(&aside).unwrap(), b"garbage");
+    }
+}
