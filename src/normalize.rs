@@ -35,6 +35,11 @@ pub const MAX_LOCAL_PART: usize = 64;
 /// The longest domain of a valid address (RFC 5321 section 4.5.3.1.2).
 pub const MAX_DOMAIN: usize = 255;
 
+/// The longest key worth normalising: a valid address in its longest spelling
+/// (every character four UTF-8 bytes, as before IDNA conversion). Longer keys are
+/// refused before any work is done on them.
+const MAX_KEY_BYTES: usize = 4 * (MAX_LOCAL_PART + 1 + MAX_DOMAIN);
+
 /// Why a key cannot be an address; every case is answered `NOTFOUND` without a
 /// backend call, because the key cannot name a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -58,6 +63,10 @@ pub enum KeyError {
     /// A non-ASCII domain that has no valid ASCII (IDNA) form.
     #[error("key's domain is not a valid internationalised domain name")]
     InvalidDomain,
+    /// Longer than any valid address (64-octet local part, 255-octet domain):
+    /// no mailbox can have it, and it is never sent to a backend or cached.
+    #[error("key is longer than any valid address")]
+    TooLong,
 }
 
 /// Why a SASL login or quota identity cannot be made canonical; refused without
@@ -129,6 +138,10 @@ impl Normalizer {
     /// # Errors
     /// [`KeyError`] when the key cannot be a `local@domain` address.
     pub fn address(&self, key: &[u8]) -> Result<AddressKey, KeyError> {
+        // Bound the work before lower-casing: anything this long is no address.
+        if key.len() > MAX_KEY_BYTES {
+            return Err(KeyError::TooLong);
+        }
         let key = std::str::from_utf8(key).map_err(|_| KeyError::NotUtf8)?;
         let lowered = key.trim_matches(is_trimmed).to_lowercase();
         let trimmed = lowered.trim_matches(is_trimmed);
@@ -141,6 +154,9 @@ impl Normalizer {
             return Err(KeyError::EmptyPart);
         }
         let domain = lookup_domain(domain).ok_or(KeyError::InvalidDomain)?;
+        if local.len() > MAX_LOCAL_PART || domain.len() > MAX_DOMAIN {
+            return Err(KeyError::TooLong);
+        }
         let full = join(local, &domain)?;
         let stripped = match self.strip_extension(local) {
             stripped if stripped.is_empty() || stripped.len() == local.len() => None,
@@ -152,13 +168,18 @@ impl Normalizer {
     /// Normalises a domain key: trimmed, lower-cased, IDN in ASCII form; `None` when
     /// nothing is left, the key is not UTF-8, or it cannot be a domain.
     pub fn domain(&self, key: &[u8]) -> Option<String> {
+        if key.len() > MAX_KEY_BYTES {
+            return None;
+        }
         let key = std::str::from_utf8(key).ok()?;
         let domain = key.trim_matches(is_trimmed).to_lowercase();
         let domain = domain.trim_matches(is_trimmed);
         if domain.is_empty() || domain.chars().any(is_invisible) {
             return None;
         }
-        lookup_domain(domain).map(Cow::into_owned)
+        lookup_domain(domain)
+            .filter(|d| d.len() <= MAX_DOMAIN)
+            .map(Cow::into_owned)
     }
 
     /// Cuts `local` at the first delimiter character, as Postfix's `split_addr` does:
@@ -211,7 +232,7 @@ fn lookup_domain(domain: &str) -> Option<Cow<'_, str>> {
 /// [`LoginError`] when the login cannot be made canonical.
 pub fn login(raw: &str) -> Result<Address, LoginError> {
     // Bound the work before lower-casing: anything this long is no address.
-    if raw.len() > 4 * (MAX_LOCAL_PART + 1 + MAX_DOMAIN) {
+    if raw.len() > MAX_KEY_BYTES {
         return Err(LoginError::TooLong);
     }
     // The local part must be ASCII as typed: Unicode lower-casing would turn look-

@@ -157,6 +157,27 @@ async fn oversized_input_closes_without_a_reply() {
     let closed = tokio::time::timeout(common::READ_LIMIT, conn.read_to_end(&mut rest)).await;
     assert!(closed.is_ok(), "the connection was not closed");
     assert!(rest.is_empty(), "no reply");
+
+    // Lines and attribute count within their limits, 255 x 1 KiB in all: over
+    // the 64 KiB a request may have. Closed before the request ends.
+    let mut conn = tokio::net::TcpStream::connect(policy_tcp(&server))
+        .await
+        .unwrap();
+    let value = "v".repeat(1024);
+    for n in 0..255 {
+        if conn
+            .write_all(format!("a{n}={value}\n").as_bytes())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = conn.write_all(b"\n").await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(common::READ_LIMIT, conn.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a 255 KiB request was not refused");
+    assert!(rest.is_empty(), "no reply to a 255 KiB request");
     server.shutdown().await;
 }
 

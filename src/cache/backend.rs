@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use postfix_adapter_backend::{Address, BackendError, LookupBackend, SmtpQuota, async_trait};
 
-use super::{AnswerCache, CacheSettings, Cacheable};
+use super::{AnswerCache, CacheSettings, Cacheable, HeapBytes};
 
 /// One cached answer: a flag (`domain`, `mailbox`) or a list (`alias`, `senders`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +24,21 @@ impl Cacheable for Answer {
             // "No such login" is as cacheable as any other not-found answer.
             Self::Quota(q) => q.is_none(),
         }
+    }
+}
+
+impl HeapBytes for Answer {
+    fn heap_bytes(&self) -> usize {
+        match self {
+            Self::Flag(_) | Self::Quota(_) => 0,
+            Self::List(l) => l.heap_bytes(),
+        }
+    }
+}
+
+impl HeapBytes for (Question, String) {
+    fn heap_bytes(&self) -> usize {
+        self.1.heap_bytes()
     }
 }
 

@@ -34,6 +34,9 @@ pub(crate) struct CacheSettings {
     pub stale_ttl: Duration,
     /// Most entries kept; the least useful are evicted beyond it.
     pub max_entries: u64,
+    /// Most bytes the entries may hold (keys, answers and bookkeeping); the
+    /// least useful are evicted beyond it.
+    pub max_bytes: u64,
     /// How long a caller waits for an answer.
     pub deadline: Duration,
     /// How long a backend call may run in the background, past the callers' deadline,
@@ -44,12 +47,52 @@ pub(crate) struct CacheSettings {
 impl CacheSettings {
     /// Whether answers are stored at all.
     pub(crate) fn enabled(&self) -> bool {
-        !self.positive_ttl.is_zero() && self.max_entries > 0
+        !self.positive_ttl.is_zero() && self.max_entries > 0 && self.max_bytes > 0
+    }
+
+    /// The weight of one entry for moka's weighted capacity of `max_bytes`: its
+    /// bytes, but at least `max_bytes / max_entries`, so that the byte limit also
+    /// keeps the entry limit.
+    fn weight(&self, bytes: usize) -> u32 {
+        let floor = self.max_bytes.div_ceil(self.max_entries.max(1));
+        u32::try_from((bytes as u64).max(floor)).unwrap_or(u32::MAX)
+    }
+}
+
+/// What one cache entry costs beyond the heap bytes of its key and answer: moka's
+/// per-entry bookkeeping (hash table slot, access and write order nodes, expiry
+/// timer, reference counts) and allocator slack, as measured with `memory_attacks
+/// cache-100k`: about 450 bytes of RSS per entry of an ordinary address, less the
+/// key's bytes and the entry's inline size.
+pub(crate) const ENTRY_OVERHEAD_BYTES: usize = 350;
+
+/// The heap bytes a key or an answer holds, for sizing the cache in bytes.
+pub(crate) trait HeapBytes {
+    /// Bytes held on the heap (not counting the value's own inline size).
+    fn heap_bytes(&self) -> usize;
+}
+
+impl HeapBytes for String {
+    fn heap_bytes(&self) -> usize {
+        self.capacity()
+    }
+}
+
+impl HeapBytes for bool {
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl HeapBytes for Vec<String> {
+    fn heap_bytes(&self) -> usize {
+        self.capacity() * std::mem::size_of::<String>()
+            + self.iter().map(String::capacity).sum::<usize>()
     }
 }
 
 /// A value the cache can hold.
-pub(crate) trait Cacheable: Clone + Send + Sync + 'static {
+pub(crate) trait Cacheable: HeapBytes + Clone + Send + Sync + 'static {
     /// Whether this is a "not found" answer (cached with the negative TTL).
     fn is_negative(&self) -> bool;
 }
@@ -207,7 +250,7 @@ impl<K, V> std::fmt::Debug for AnswerCache<K, V> {
 
 impl<K, V> AnswerCache<K, V>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: HeapBytes + Hash + Eq + Clone + Send + Sync + 'static,
     V: Cacheable,
 {
     /// A cache counting its outcomes on `counter` (labels `handler`, `result`).
@@ -219,7 +262,15 @@ where
                 settings.negative_ttl + settings.stale_ttl
             };
             moka::sync::Cache::builder()
-                .max_capacity(settings.max_entries)
+                .max_capacity(settings.max_bytes)
+                .weigher(move |key: &K, entry: &Entry<V>| {
+                    settings.weight(
+                        ENTRY_OVERHEAD_BYTES
+                            + std::mem::size_of::<(K, Entry<V>)>()
+                            + key.heap_bytes()
+                            + entry.value.heap_bytes(),
+                    )
+                })
                 .expire_after(EntryExpiry {
                     positive: settings.positive_ttl + settings.stale_ttl,
                     negative,
@@ -246,6 +297,15 @@ where
         self.entries.as_ref().map_or(0, |e| {
             e.run_pending_tasks();
             e.entry_count()
+        })
+    }
+
+    /// The weight of the stored entries: their bytes as the cache counts them.
+    #[cfg(test)]
+    pub(crate) fn weighted_bytes(&self) -> u64 {
+        self.entries.as_ref().map_or(0, |e| {
+            e.run_pending_tasks();
+            e.weighted_size()
         })
     }
 

@@ -7,6 +7,7 @@ fn settings() -> CacheSettings {
         negative_ttl: Duration::from_secs(60),
         stale_ttl: Duration::from_secs(60),
         max_entries: 1000,
+        max_bytes: 64 << 20,
         deadline: Duration::from_millis(300),
         call_timeout: Duration::from_secs(5),
     }
@@ -284,6 +285,43 @@ async fn size_is_bounded() {
         .unwrap();
     }
     assert!(c.entry_count() <= 110, "{} entries", c.entry_count());
+}
+
+#[tokio::test]
+async fn bytes_are_bounded_whatever_the_key_length() {
+    let max_bytes = 1 << 20;
+    let (c, _) = cache(CacheSettings {
+        max_bytes,
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    // 1000 keys of 10 KB would be 10 MB; the cache keeps at most 1 MiB of them.
+    for i in 0..1000 {
+        let key = format!("k{i}{}", "x".repeat(10_000));
+        c.get("t", key, fetch(&calls, Duration::ZERO, Ok(true)))
+            .await
+            .unwrap();
+    }
+    let weighted = c.weighted_bytes();
+    assert!(weighted <= max_bytes, "{weighted} bytes weighed");
+    assert!(weighted > max_bytes / 2, "the budget is used: {weighted}");
+    let held = c.entry_count();
+    assert!(
+        (50..=104).contains(&held),
+        "{held} entries of 10 KB in 1 MiB"
+    );
+}
+
+#[test]
+fn an_entry_weighs_at_least_its_share_of_the_byte_budget() {
+    let s = CacheSettings {
+        max_entries: 100,
+        max_bytes: 10_000,
+        ..settings()
+    };
+    assert_eq!(s.weight(1), 100);
+    assert_eq!(s.weight(5000), 5000);
+    assert!(!CacheSettings { max_bytes: 0, ..s }.enabled());
 }
 
 #[tokio::test]

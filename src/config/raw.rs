@@ -75,6 +75,22 @@ impl Raw {
         Ok(n)
     }
 
+    /// A size in bytes in `min..=max`: a whole number, optionally with a binary
+    /// unit (`KiB`, `MiB`, `GiB`; `K`, `M`, `G` mean the same).
+    pub(crate) fn byte_size(&self, env: &str, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let v = self.required(env).0;
+        let n = parse_byte_size(v).ok_or_else(|| {
+            self.error(
+                env,
+                format!("{v:?} is not a size (a whole number of bytes, or with KiB, MiB, GiB)"),
+            )
+        })?;
+        if n < min || n > max {
+            return Err(self.error(env, format!("{n} bytes is out of range ({min}..={max})")));
+        }
+        Ok(n)
+    }
+
     /// One of two words: `false` for the first, `true` for the second.
     pub(crate) fn choice(&self, env: &str, options: [&str; 2]) -> Result<bool, ConfigError> {
         let v = self.required(env).0;
@@ -91,5 +107,46 @@ impl Raw {
     /// A listen address.
     pub(crate) fn listen(&self, env: &str) -> Result<ListenAddr, ConfigError> {
         ListenAddr::parse(self.required(env).0).map_err(|e| self.error(env, e))
+    }
+}
+
+/// `123`, `64KiB`, `48 MiB`, `1G` → bytes; `None` for anything else or an overflow.
+pub(crate) fn parse_byte_size(v: &str) -> Option<u64> {
+    let v = v.trim();
+    let digits = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(digits);
+    let number: u64 = number.parse().ok()?;
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        _ => return None,
+    };
+    number.checked_mul(1 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_byte_size;
+
+    #[test]
+    fn byte_sizes_take_binary_units() {
+        assert_eq!(parse_byte_size("0"), Some(0));
+        assert_eq!(parse_byte_size("1234"), Some(1234));
+        assert_eq!(parse_byte_size("64KiB"), Some(64 << 10));
+        assert_eq!(parse_byte_size(" 48 MiB "), Some(48 << 20));
+        assert_eq!(parse_byte_size("2G"), Some(2 << 30));
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "10 MB",
+            "1 TiB",
+            "99999999999999999999G",
+        ] {
+            assert_eq!(parse_byte_size(bad), None, "{bad:?}");
+        }
     }
 }

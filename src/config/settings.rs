@@ -165,7 +165,13 @@ pub const SETTINGS: &[Setting] = &[
         "LOOKUP_CACHE_SIZE",
         Some("100000"),
         false,
-        "Most cached answers (all maps together); the least recently useful are evicted beyond it.",
+        "Most cached answers (all maps together); the least recently useful are evicted beyond it. `LOOKUP_CACHE_MAX_BYTES` bounds the same cache in bytes; whichever is reached first applies.",
+    ),
+    s(
+        "LOOKUP_CACHE_MAX_BYTES",
+        Some("48MiB"),
+        false,
+        "Most memory the cached answers may take, keys and bookkeeping included (a cached answer for an ordinary address costs about 0.4 KiB, so the default holds the default 100,000 entries); bytes, or with `KiB`, `MiB`, `GiB`. Keys longer than a valid address (64-octet local part, 255-octet domain) are answered `NOTFOUND` and never cached. `0` disables the cache.",
     ),
     s(
         "BACKEND_MAX_CONCURRENT_REQUESTS",
@@ -209,7 +215,7 @@ pub const SETTINGS: &[Setting] = &[
         "STATE_DIRECTORY",
         Some("/var/lib/userli-postfix-adapter"),
         false,
-        "Where the embedded store keeps the quota windows across restarts (systemd sets it for `StateDirectory=`). Created if missing; must be writable.",
+        "Where the embedded store keeps the quota windows across restarts (systemd sets it for `StateDirectory=`). Created if missing; must be writable. A damaged state file is moved aside (`*.corrupt-<unix time>`) and the windows start empty.",
     ),
     s(
         "POLICY_SENDER_FALLBACK",

@@ -284,3 +284,26 @@ async fn idn_domains_are_asked_in_ascii_form() {
         "a look-alike never reaches the backend"
     );
 }
+
+#[tokio::test]
+async fn keys_longer_than_any_valid_address_are_notfound_without_a_backend_call() {
+    let (s, d) = service("+");
+    let long_local = format!("{}@example.org", "a".repeat(65));
+    let long_domain = format!("user@{}.org", "d".repeat(252));
+    let huge = "x".repeat(16_000);
+    for map in [MapName::Alias, MapName::Mailbox, MapName::Senders] {
+        for key in [&long_local, &long_domain, &huge] {
+            assert_eq!(ask(&s, map, key).await, "NOTFOUND", "{map:?}");
+        }
+    }
+    assert_eq!(ask(&s, MapName::Domain, &huge).await, "NOTFOUND");
+    assert_eq!(
+        ask(&s, MapName::Domain, &format!("{}.org", "d".repeat(252))).await,
+        "NOTFOUND"
+    );
+    assert_eq!(d.take_calls(), Vec::<String>::new());
+    // The longest valid address is asked as usual.
+    let longest = format!("{}@example.org", "a".repeat(64));
+    assert_eq!(ask(&s, MapName::Mailbox, &longest).await, "NOTFOUND");
+    assert_eq!(d.take_calls().len(), 1);
+}

@@ -107,6 +107,38 @@ fn non_utf8_is_rejected() {
 }
 
 #[test]
+fn keys_longer_than_any_valid_address_are_no_address() {
+    let n = Normalizer::new("+");
+    let local64 = "a".repeat(64);
+    let domain255 = format!("{}.org", "d".repeat(251));
+    assert!(
+        n.address(format!("{local64}@{domain255}").as_bytes())
+            .is_ok()
+    );
+    assert_eq!(
+        n.address(format!("{local64}b@example.org").as_bytes()),
+        Err(KeyError::TooLong)
+    );
+    assert_eq!(
+        n.address(format!("user@{}.org", "d".repeat(252)).as_bytes()),
+        Err(KeyError::TooLong)
+    );
+    // An extension does not make a long local part valid.
+    assert_eq!(
+        n.address(format!("user+{}@example.org", "t".repeat(60)).as_bytes()),
+        Err(KeyError::TooLong)
+    );
+    // Refused before any work: 16 KB of anything.
+    assert_eq!(n.address(&[b'A'; 16_000]), Err(KeyError::TooLong));
+    assert!(n.domain(domain255.as_bytes()).is_some());
+    assert_eq!(
+        n.domain(format!("{}.org", "d".repeat(252)).as_bytes()),
+        None
+    );
+    assert_eq!(n.domain(&[b'a'; 16_000]), None);
+}
+
+#[test]
 fn domains_are_trimmed_and_lowered() {
     let n = Normalizer::new("");
     assert_eq!(

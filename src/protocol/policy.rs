@@ -11,6 +11,9 @@ use bytes::{Buf, BytesMut};
 pub const DEFAULT_MAX_LINE: usize = 2 * 8192 + 2;
 /// Postfix sends about 35 attributes; anything far beyond is not Postfix.
 pub const DEFAULT_MAX_ATTRIBUTES: usize = 256;
+/// Postfix's own requests are a few KiB; a request is never allowed more, so a
+/// connection can never make the adapter hold more than this.
+pub const DEFAULT_MAX_REQUEST: usize = 64 * 1024;
 
 /// Why a request stream is not a policy request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -18,6 +21,12 @@ pub enum PolicyError {
     /// A line exceeds the limit.
     #[error("request line longer than {max} bytes")]
     LineTooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// One request exceeds the byte limit.
+    #[error("request longer than {max} bytes")]
+    RequestTooLong {
         /// The limit.
         max: usize,
     },
@@ -66,8 +75,11 @@ impl PolicyRequest {
 pub struct PolicyDecoder {
     max_line: usize,
     max_attributes: usize,
+    max_request: usize,
     current: PolicyRequest,
     lines: usize,
+    /// Bytes of the request being read, its complete lines so far.
+    bytes: usize,
 }
 
 impl Default for PolicyDecoder {
@@ -77,14 +89,24 @@ impl Default for PolicyDecoder {
 }
 
 impl PolicyDecoder {
-    /// A decoder with the given limits.
+    /// A decoder with the given limits on a line and on attributes per request,
+    /// and [`DEFAULT_MAX_REQUEST`] bytes per request.
     pub fn new(max_line: usize, max_attributes: usize) -> Self {
         Self {
             max_line,
             max_attributes,
+            max_request: DEFAULT_MAX_REQUEST,
             current: PolicyRequest::default(),
             lines: 0,
+            bytes: 0,
         }
+    }
+
+    /// Sets the most bytes one request may have, its lines and line ends together.
+    #[must_use]
+    pub fn with_max_request(mut self, bytes: usize) -> Self {
+        self.max_request = bytes;
+        self
     }
 
     /// Whether part of a request has been read (for choosing the read timeout).
@@ -103,10 +125,22 @@ impl PolicyDecoder {
                 if buf.len() > self.max_line {
                     return Err(PolicyError::LineTooLong { max: self.max_line });
                 }
+                // Without a line end, all of `buf` belongs to this request.
+                if self.bytes + buf.len() > self.max_request {
+                    return Err(PolicyError::RequestTooLong {
+                        max: self.max_request,
+                    });
+                }
                 return Ok(None);
             };
             if end > self.max_line {
                 return Err(PolicyError::LineTooLong { max: self.max_line });
+            }
+            self.bytes += end + 1;
+            if self.bytes > self.max_request {
+                return Err(PolicyError::RequestTooLong {
+                    max: self.max_request,
+                });
             }
             let line = buf.split_to(end);
             buf.advance(1);
@@ -116,9 +150,11 @@ impl PolicyDecoder {
             if text.is_empty() {
                 if self.lines == 0 {
                     // A stray empty line between requests carries nothing: skip it.
+                    self.bytes = 0;
                     continue;
                 }
                 self.lines = 0;
+                self.bytes = 0;
                 return Ok(Some(std::mem::take(&mut self.current)));
             }
             self.lines += 1;
@@ -246,6 +282,38 @@ mod tests {
             d.decode(&mut buf),
             Err(PolicyError::TooManyAttributes { max: 3 })
         );
+    }
+
+    #[test]
+    fn a_request_is_bounded_in_bytes_not_only_in_lines() {
+        // 12 bytes a line: four lines and the empty line are 49 bytes.
+        let request = &b"aaaaaaaaa=1\nbbbbbbbbb=2\nccccccccc=3\nddddddddd=4\n\n"[..];
+        let mut d = PolicyDecoder::new(100, 100).with_max_request(49);
+        let mut buf = BytesMut::from(request);
+        buf.extend_from_slice(request);
+        assert_eq!(d.decode(&mut buf).unwrap().unwrap().len(), 4);
+        assert_eq!(
+            d.decode(&mut buf).unwrap().unwrap().len(),
+            4,
+            "counted per request"
+        );
+        let mut d = PolicyDecoder::new(100, 100).with_max_request(48);
+        let mut buf = BytesMut::from(request);
+        assert_eq!(
+            d.decode(&mut buf),
+            Err(PolicyError::RequestTooLong { max: 48 })
+        );
+        // An unfinished line counts too: the client need not send a line end.
+        let mut d = PolicyDecoder::new(100, 100).with_max_request(30);
+        let mut buf = BytesMut::from(&b"aaaaaaaaa=1\nbbbbbbbbb=2\n"[..]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        buf.extend_from_slice(b"ccccccc");
+        assert_eq!(
+            d.decode(&mut buf),
+            Err(PolicyError::RequestTooLong { max: 30 })
+        );
+        assert_eq!(DEFAULT_MAX_REQUEST, 65_536);
+        assert_eq!(PolicyDecoder::default().max_request, DEFAULT_MAX_REQUEST);
     }
 
     #[test]

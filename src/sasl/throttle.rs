@@ -46,6 +46,29 @@ enum Key {
     Login(String),
 }
 
+/// Most failure counters kept (the least useful are forgotten first).
+const MAX_COUNTERS: u64 = 100_000;
+/// Most bytes the counters may take, logins and bookkeeping included: 100,000
+/// counters of ordinary logins fit, 100,000 of the longest possible logins
+/// (320 bytes) do not.
+const MAX_BYTES: u64 = 32 << 20;
+/// What a counter costs beyond its login's bytes (moka's per-entry bookkeeping).
+const COUNTER_OVERHEAD_BYTES: usize = 250;
+
+impl Key {
+    /// A counter's weight: its bytes, but at least its share of the budget, so
+    /// the byte limit also keeps the count limit.
+    fn weight(&self) -> u32 {
+        let bytes = COUNTER_OVERHEAD_BYTES
+            + match self {
+                Self::Client(_) => 0,
+                Self::Login(login) => login.capacity(),
+            };
+        let floor = MAX_BYTES.div_ceil(MAX_COUNTERS);
+        u32::try_from((bytes as u64).max(floor)).unwrap_or(u32::MAX)
+    }
+}
+
 /// Failure counters per client address and per login, bounded in memory.
 pub(crate) struct Throttle {
     settings: ThrottleSettings,
@@ -61,15 +84,24 @@ impl std::fmt::Debug for Throttle {
 }
 
 impl Throttle {
-    /// Counters forgotten `window` after the last failure; at most 100,000 kept.
+    /// Counters forgotten `window` after the last failure; at most
+    /// [`MAX_COUNTERS`] kept in at most [`MAX_BYTES`].
     pub(crate) fn new(settings: ThrottleSettings) -> Self {
         Self {
             settings,
             failures: moka::sync::Cache::builder()
-                .max_capacity(100_000)
+                .max_capacity(MAX_BYTES)
+                .weigher(|key: &Key, _: &u32| key.weight())
                 .time_to_idle(settings.window)
                 .build(),
         }
+    }
+
+    /// The bytes the counters hold, as the table counts them.
+    #[cfg(test)]
+    fn weighted_bytes(&self) -> u64 {
+        self.failures.run_pending_tasks();
+        self.failures.weighted_size()
     }
 
     /// The settings.
@@ -234,6 +266,19 @@ mod tests {
         }
         assert_eq!(t.failures("u@x", None), 2000);
         assert_eq!(t.failures("nobody@x", ip("192.0.2.1")), 2000);
+    }
+
+    #[test]
+    fn the_counters_are_bounded_in_bytes_whatever_the_logins() {
+        let t = throttle(0);
+        let long = "l".repeat(300);
+        for i in 0..120_000 {
+            t.record_failure(&format!("{long}{i}@x"), None);
+        }
+        let bytes = t.weighted_bytes();
+        assert!(bytes <= MAX_BYTES, "{bytes} bytes weighed");
+        assert!(bytes > MAX_BYTES / 2, "the budget is used: {bytes}");
+        assert!(t.failures.entry_count() < 70_000);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct LookupSection {
     pub cache_stale_ttl: Duration,
     /// `LOOKUP_CACHE_SIZE`.
     pub cache_size: u64,
+    /// `LOOKUP_CACHE_MAX_BYTES`.
+    pub cache_max_bytes: u64,
     /// `BACKEND_MAX_CONCURRENT_REQUESTS`.
     pub backend_max_concurrency: usize,
     /// `CIRCUIT_BREAKER_FAILURES`; zero disables the breaker.
@@ -52,6 +54,7 @@ impl LookupSection {
             negative_cache_ttl: raw.duration("LOOKUP_NEGATIVE_CACHE_TTL")?,
             cache_stale_ttl: raw.duration("LOOKUP_CACHE_STALE_TTL")?,
             cache_size: raw.number("LOOKUP_CACHE_SIZE", 0, 100_000_000)? as u64,
+            cache_max_bytes: raw.byte_size("LOOKUP_CACHE_MAX_BYTES", 0, 64 << 30)?,
             backend_max_concurrency: raw.number("BACKEND_MAX_CONCURRENT_REQUESTS", 1, 100_000)?,
             breaker_failures: raw.number("CIRCUIT_BREAKER_FAILURES", 0, 1_000_000)? as u32,
             breaker_cooldown: raw.positive_duration("CIRCUIT_BREAKER_COOLDOWN")?,
@@ -72,6 +75,7 @@ impl LookupSection {
             negative_ttl: self.negative_cache_ttl,
             stale_ttl: self.cache_stale_ttl,
             max_entries: self.cache_size,
+            max_bytes: self.cache_max_bytes,
             deadline: self.timeout,
             call_timeout: self.backend_call_timeout(),
         }

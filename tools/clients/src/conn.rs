@@ -109,7 +109,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(stream: S, framing: Framing) -> Self {
         Self {
             stream,
-            buf: BytesMut::with_capacity(4096),
+            // Grown on the first read: thousands of idle connections stay cheap.
+            buf: BytesMut::new(),
             framing,
             max_reply: MAX_REPLY,
         }
@@ -178,8 +179,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             if let Some(frame) = self.take_frame()? {
                 return Ok(frame);
             }
-            if self.buf.capacity() - self.buf.len() < 512 {
-                self.buf.reserve(4096);
+            if self.buf.capacity() - self.buf.len() < 256 {
+                // Replies are small; a long one doubles the buffer as it comes.
+                self.buf.reserve(self.buf.len().max(1024));
             }
             match self.stream.read_buf(&mut self.buf).await {
                 Ok(0) => {
