@@ -120,8 +120,8 @@ pub struct RedisStore {
     op_timeout: Duration,
     /// The URL with its password replaced, for logs and errors.
     redacted_url: String,
-    /// The password, to scrub it from any error text that might quote it.
-    password: Option<String>,
+    /// The passwords in the URL, to scrub from any error text that might quote them.
+    secrets: Vec<String>,
 }
 
 /// The current connection and when it was made (to rate-limit forced
@@ -157,8 +157,8 @@ impl RedisStore {
     /// when Redis answers but refuses the credentials (a configuration error no
     /// retry fixes). Neither message contains the password.
     pub async fn connect(url: &str, op_timeout: Duration) -> Result<Self, StoreError> {
-        let (redacted_url, password) = redact(url);
-        let scrub = |text: String| scrub(text, password.as_deref());
+        let (redacted_url, secrets) = redact(url);
+        let scrub = |text: String| scrub(text, &secrets);
         let client = Client::open(url).map_err(|e| {
             StoreError::Remote(scrub(format!("REDIS_URL {redacted_url} is invalid: {e}")))
         })?;
@@ -182,7 +182,7 @@ impl RedisStore {
             key_prefix: KEY_PREFIX.to_owned(),
             op_timeout,
             redacted_url,
-            password,
+            secrets,
         };
 
         // Loading the script now proves the URL, credentials and database; the
@@ -280,7 +280,7 @@ impl RedisStore {
     }
 
     fn scrub(&self, text: String) -> String {
-        scrub(text, self.password.as_deref())
+        scrub(text, &self.secrets)
     }
 }
 
@@ -375,22 +375,53 @@ fn is_credentials_error(e: &RedisError) -> bool {
     matches!(e.code(), Some("WRONGPASS" | "NOAUTH" | "NOPERM"))
 }
 
-/// The URL for display with the password replaced, and the password itself.
-fn redact(url: &str) -> (String, Option<String>) {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            let password = parsed
-                .password()
-                .filter(|p| !p.is_empty())
-                .map(percent_decode);
-            if password.is_some() {
-                let _ = parsed.set_password(Some("***"));
-            }
-            (parsed.to_string(), password)
-        }
+/// Query parameters of a Redis URL that carry credentials (`redis+unix:///path?
+/// db=0&user=u&pass=secret`; the redis crate reads `user` and `pass`, the others
+/// are redacted in case a client of the future reads them).
+const SECRET_PARAMETERS: [&str; 4] = ["pass", "password", "user", "username"];
+/// Of those, the ones holding a password: scrubbed from error texts too (a user
+/// name is only hidden in the URL: scrubbing a short one would mangle messages).
+const PASSWORD_PARAMETERS: [&str; 2] = ["pass", "password"];
+
+/// The URL for display with every credential replaced by `***` (user and password
+/// in the userinfo and in the query, in every URL form the redis crate accepts),
+/// and the passwords themselves as Redis sees them, to scrub from error texts.
+fn redact(url: &str) -> (String, Vec<String>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
         // Not a URL at all: show none of it, since it may still hold a secret.
-        Err(_) => ("(unparsable)".to_owned(), None),
+        return ("(unparsable)".to_owned(), Vec::new());
+    };
+    let mut secrets = Vec::new();
+    if let Some(password) = parsed.password().filter(|p| !p.is_empty()) {
+        secrets.push(percent_decode(password));
+        let _ = parsed.set_password(Some("***"));
     }
+    if !parsed.username().is_empty() {
+        let _ = parsed.set_username("***");
+    }
+    if parsed.query().is_some() {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let mut query = parsed.query_pairs_mut();
+        query.clear();
+        for (name, value) in pairs {
+            let lower = name.to_ascii_lowercase();
+            if SECRET_PARAMETERS.contains(&lower.as_str()) && !value.is_empty() {
+                if PASSWORD_PARAMETERS.contains(&lower.as_str()) {
+                    secrets.push(value);
+                }
+                query.append_pair(&name, "***");
+            } else {
+                query.append_pair(&name, &value);
+            }
+        }
+        drop(query);
+    }
+    // Scrub longer secrets first, so one that contains another goes whole.
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    (parsed.to_string().replace("%2A%2A%2A", "***"), secrets)
 }
 
 /// Decodes `%xx` escapes, so the secret is also recognised as Redis sees it.
@@ -416,12 +447,14 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Replaces every occurrence of `password` in `text`.
-fn scrub(text: String, password: Option<&str>) -> String {
-    match password {
-        Some(p) if text.contains(p) => text.replace(p, "***"),
-        _ => text,
+/// Replaces every occurrence of each secret in `text`.
+fn scrub(mut text: String, secrets: &[String]) -> String {
+    for secret in secrets {
+        if text.contains(secret.as_str()) {
+            text = text.replace(secret.as_str(), "***");
+        }
     }
+    text
 }
 
 #[cfg(test)]
@@ -456,16 +489,45 @@ mod tests {
 
     #[test]
     fn the_password_is_redacted() {
-        let (shown, password) = redact("redis://user:s3cr%21t@localhost:6379/2");
-        assert_eq!(shown, "redis://user:***@localhost:6379/2");
-        assert_eq!(password.as_deref(), Some("s3cr!t"));
+        let (shown, secrets) = redact("redis://user:s3cr%21t@localhost:6379/2");
+        assert_eq!(shown, "redis://***:***@localhost:6379/2");
+        assert_eq!(secrets, ["s3cr!t"]);
         assert_eq!(
-            scrub("auth s3cr!t failed".to_owned(), password.as_deref()),
+            scrub("auth s3cr!t failed".to_owned(), &secrets),
             "auth *** failed"
         );
-        let (shown, password) = redact("redis://localhost");
-        assert_eq!((shown.as_str(), password), ("redis://localhost", None));
+        let (shown, secrets) = redact("redis://localhost");
+        assert_eq!((shown.as_str(), secrets), ("redis://localhost", vec![]));
         assert_eq!(redact("not a url :pw").0, "(unparsable)");
+    }
+
+    #[test]
+    fn credentials_are_redacted_in_every_url_form_redis_accepts() {
+        for (url, shown) in [
+            (
+                "redis+unix:///run/redis.sock?db=0&pass=SECRET",
+                "redis+unix:///run/redis.sock?db=0&pass=***",
+            ),
+            (
+                "unix:///run/redis.sock?user=ALICE&pass=SECRET&db=2",
+                "unix:///run/redis.sock?user=***&pass=***&db=2",
+            ),
+            ("redis://:SECRET@host:6379/0", "redis://:***@host:6379/0"),
+            ("rediss://ALICE:SECRET@host/1", "rediss://***:***@host/1"),
+            (
+                "redis://host/0?password=SECRET",
+                "redis://host/0?password=***",
+            ),
+        ] {
+            let (got, secrets) = redact(url);
+            assert_eq!(got, shown, "{url}");
+            assert!(!got.contains("SECRET") && !got.contains("ALICE"), "{got}");
+            assert!(secrets.iter().any(|s| s == "SECRET"), "{url}: {secrets:?}");
+            assert!(
+                !scrub(format!("failed for {url}"), &secrets).contains("SECRET"),
+                "{url}"
+            );
+        }
     }
 
     #[tokio::test]
