@@ -2,6 +2,12 @@
 //!
 //! Bodies and status codes match upstream's so existing probes keep working;
 //! `/ready` also turns 503 while listeners are not up or the process is stopping.
+//!
+//! The listener is one like the others (`server::accept_loop`): `ALLOWED_CLIENTS`,
+//! its own connection slots, and [`HttpHandler`] serving each connection with a
+//! deadline for a request's headers (which also ends a kept-alive connection left
+//! idle) and a bounded lifetime. `/ready` asks the backend at most once per
+//! [`READY_REUSE`], however many probes ask at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,17 +20,21 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use postfix_adapter_backend::{BackendError, LookupBackend};
 
-use crate::access::AllowedClients;
-use crate::log_throttle::LogThrottle;
 use crate::metrics::Metrics;
 use crate::resilience::{BreakerState, CircuitBreaker};
-use crate::server::BoundListener;
-use prometheus::IntCounter;
-use tokio::task::JoinHandle;
+use crate::server::ConnectionHandler;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 /// How long `/ready` waits for the backend's health check (upstream: 2 s).
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one backend health answer serves every `/ready` asking.
+pub(crate) const READY_REUSE: Duration = Duration::from_secs(1);
+/// The longest a metrics connection lives: a client that stops reading a
+/// response must not hold a slot for ever. Prometheus reconnects transparently.
+pub(crate) const MAX_CONNECTION_AGE: Duration = Duration::from_secs(120);
+/// How long a connection may finish its response once shutdown begins.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Process state `/ready` reports on.
 #[derive(Debug, Default)]
@@ -55,62 +65,74 @@ pub(crate) struct HttpState {
     pub readiness: Arc<Readiness>,
     /// The backend circuit breaker; open means not ready.
     pub breaker: Option<Arc<CircuitBreaker>>,
+    /// The shared backend health answer.
+    pub ready_check: Arc<ReadyCheck>,
 }
 
-/// A TCP listener for the metrics server that closes connections from outside
-/// `ALLOWED_CLIENTS` before HTTP sees them, as the protocol listeners do.
-pub(crate) struct AdmittedTcp {
-    inner: tokio::net::TcpListener,
-    allowed: Arc<AllowedClients>,
-    denied: IntCounter,
-    log: LogThrottle,
+/// The backend health answer `/ready` reuses: one check at a time, its answer
+/// kept for [`READY_REUSE`], so a crowd of probes costs one backend call.
+#[derive(Debug, Default)]
+pub(crate) struct ReadyCheck {
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, Result<(), String>)>>,
 }
 
-impl AdmittedTcp {
-    /// Wraps `inner`, counting refused connections on `denied`.
-    pub(crate) fn new(
-        inner: tokio::net::TcpListener,
-        allowed: Arc<AllowedClients>,
-        denied: IntCounter,
-    ) -> Self {
+impl ReadyCheck {
+    /// The backend's health, from the last check if it is recent enough.
+    async fn health(&self, backend: &dyn LookupBackend) -> Result<(), String> {
+        // Callers queue here while one checks, then read its answer.
+        let mut last = self.last.lock().await;
+        if let Some((at, answer)) = &*last
+            && at.elapsed() < READY_REUSE
+        {
+            return answer.clone();
+        }
+        let answer = match tokio::time::timeout(READY_TIMEOUT, backend.health()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(BackendError::Timeout)) | Err(_) => Err("timeout".to_owned()),
+            Ok(Err(e)) => Err(e.to_string()),
+        };
+        *last = Some((tokio::time::Instant::now(), answer.clone()));
+        answer
+    }
+}
+
+/// Serves HTTP/1 on one connection of the metrics listener.
+pub(crate) struct HttpHandler {
+    app: Router,
+    header_timeout: Duration,
+}
+
+impl HttpHandler {
+    /// Serves `app`; a request's headers must arrive within `header_timeout`.
+    pub(crate) fn new(app: Router, header_timeout: Duration) -> Self {
         Self {
-            inner,
-            allowed,
-            denied,
-            log: LogThrottle::new(Duration::from_secs(10)),
+            app,
+            header_timeout,
         }
     }
 }
 
-impl axum::serve::Listener for AdmittedTcp {
-    type Io = tokio::net::TcpStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.inner.accept().await {
-                Ok((stream, peer)) if self.allowed.allows(peer.ip()) => return (stream, peer),
-                Ok((stream, peer)) => {
-                    self.denied.inc();
-                    if let Some(suppressed) = self.log.allow() {
-                        tracing::warn!(
-                            service = "metrics",
-                            peer = %peer.ip(),
-                            allowed = %self.allowed,
-                            similar_warnings_suppressed = suppressed,
-                            "connection from outside ALLOWED_CLIENTS closed"
-                        );
-                    }
-                    drop(stream);
-                }
-                // EMFILE and friends: back off instead of spinning (as axum does).
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
+impl ConnectionHandler for HttpHandler {
+    async fn serve<S>(self: Arc<Self>, stream: S, shutdown: CancellationToken)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let service = hyper_util::service::TowerToHyperService::new(self.app.clone());
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // The header deadline also runs while a kept-alive connection waits for
+        // its next request, so it is the idle timeout too.
+        builder
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(self.header_timeout);
+        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let mut connection = std::pin::pin!(connection);
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            () = tokio::time::sleep(MAX_CONNECTION_AGE) => return,
+            () = shutdown.cancelled() => {}
         }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
+        connection.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, connection).await;
     }
 }
 
@@ -165,21 +187,14 @@ async fn ready(State(state): State<HttpState>) -> Response {
         state.metrics.health_check_status.set(0);
         return unavailable("circuit breaker open: the backend keeps failing".into());
     }
-    let result = tokio::time::timeout(READY_TIMEOUT, state.backend.health())
-        .await
-        .unwrap_or(Err(BackendError::Timeout));
-    match result {
+    match state.ready_check.health(state.backend.as_ref()).await {
         Ok(()) => {
             state.metrics.health_check_status.set(1);
             json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
         }
-        Err(e) => {
+        Err(why) => {
             state.metrics.health_check_status.set(0);
-            tracing::warn!(error = %e, "readiness check failed");
-            let why = match e {
-                BackendError::Timeout => "timeout".to_owned(),
-                other => other.to_string(),
-            };
+            tracing::warn!(error = %why, "readiness check failed");
             unavailable(why)
         }
     }
@@ -192,52 +207,6 @@ async fn not_found() -> Response {
         "404 page not found\n",
     )
         .into_response()
-}
-
-/// Serves `/metrics`, `/health` and `/ready` on every listener until `stop`.
-pub(crate) fn serve(
-    listeners: Vec<BoundListener>,
-    state: HttpState,
-    allowed: &Arc<AllowedClients>,
-    stop: &CancellationToken,
-) -> Vec<JoinHandle<()>> {
-    listeners
-        .into_iter()
-        .map(|listener| {
-            tracing::info!(addr = %listener.local_addr(), "metrics server listening");
-            let app = router(state.clone());
-            let stop = stop.clone();
-            let allowed = allowed.clone();
-            let denied = state
-                .metrics
-                .connections_denied
-                .with_label_values(&["metrics"]);
-            tokio::spawn(async move {
-                let result = match listener {
-                    BoundListener::Tcp(l) => {
-                        let l = AdmittedTcp::new(l, allowed, denied);
-                        axum::serve(l, app)
-                            .with_graceful_shutdown(stop.cancelled_owned())
-                            .await
-                    }
-                    // The socket file goes when `_file` does, after serving ends.
-                    BoundListener::Unix(l, _file) => {
-                        axum::serve(l, app)
-                            .with_graceful_shutdown(stop.cancelled_owned())
-                            .await
-                    }
-                    BoundListener::InheritedUnix(l) => {
-                        axum::serve(l, app)
-                            .with_graceful_shutdown(stop.cancelled_owned())
-                            .await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::error!(error = %e, "metrics server failed");
-                }
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -262,6 +231,7 @@ mod tests {
             backend: Arc::new(backend),
             readiness,
             breaker: None,
+            ready_check: Arc::default(),
         }
     }
 
@@ -335,6 +305,33 @@ mod tests {
         let (s, _, body) = get(st, "/ready").await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("shutting down"));
+    }
+
+    #[tokio::test]
+    async fn a_crowd_of_ready_probes_costs_one_backend_call_per_second() {
+        let backend = Arc::new(healthy().unhealthy(Fault::Delay(Duration::from_millis(200))));
+        let mut st = state(healthy(), true);
+        st.backend = backend.clone();
+        let probes: Vec<_> = (0..300)
+            .map(|_| {
+                let st = st.clone();
+                tokio::spawn(async move { get(st, "/ready").await.0 })
+            })
+            .collect();
+        for probe in probes {
+            assert_eq!(probe.await.unwrap(), StatusCode::OK);
+        }
+        assert_eq!(backend.take_calls(), ["health"], "300 probes, one check");
+        // Within the second: the same answer again, no call.
+        assert_eq!(get(st.clone(), "/ready").await.0, StatusCode::OK);
+        assert_eq!(backend.call_count(), 0);
+        tokio::time::sleep(READY_REUSE).await;
+        assert_eq!(get(st, "/ready").await.0, StatusCode::OK);
+        assert_eq!(
+            backend.take_calls(),
+            ["health"],
+            "a second later, a new check"
+        );
     }
 
     #[tokio::test]

@@ -68,7 +68,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ListenAddr};
-use crate::http::{HttpState, Readiness};
+use crate::http::{HttpHandler, HttpState, Readiness};
 use crate::lookup::LookupService;
 use crate::metrics::Metrics;
 use crate::normalize::Normalizer;
@@ -320,17 +320,28 @@ impl Server {
             );
         }
 
-        let http_stop = CancellationToken::new();
-        let http_tasks = http::serve(
+        // The metrics listener is served like the protocols, with its own slots,
+        // but stopped last: `/ready` answers 503 while the others drain.
+        let mut http_services = server::Services {
+            shutdown: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+            allowed: services.allowed.clone(),
+            max_connections: config.listeners.metrics_max_connections,
+            metrics: &metrics,
+            accept_loops: Vec::new(),
+        };
+        let app = http::router(HttpState {
+            metrics: metrics.clone(),
+            backend: service.backend().clone(),
+            readiness: readiness.clone(),
+            breaker: Some(breaker),
+            ready_check: Arc::default(),
+        });
+        http_services.start(
+            "metrics",
             http,
-            HttpState {
-                metrics: metrics.clone(),
-                backend: service.backend().clone(),
-                readiness: readiness.clone(),
-                breaker: Some(breaker),
-            },
-            &services.allowed,
-            &http_stop,
+            HttpHandler::new(app, config.listeners.io_timeout),
+            ConnectionMetrics::http(&metrics),
         );
         readiness.set_listening();
 
@@ -341,10 +352,7 @@ impl Server {
         if let Some(flusher) = flusher {
             flusher.finish().await;
         }
-        http_stop.cancel();
-        for task in http_tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
-        }
+        http_services.stop(Duration::from_secs(5)).await;
     }
 }
 

@@ -59,6 +59,12 @@ pub struct Metrics {
     /// `userli_postfix_adapter_state_files_damaged_total{file}` (new): state files
     /// found damaged at start and set aside.
     pub(crate) state_files_damaged: IntCounterVec,
+    /// `userli_postfix_adapter_metrics_active_connections` (new): open connections
+    /// on the metrics listener.
+    pub(crate) http_active_connections: IntGauge,
+    /// `userli_postfix_adapter_metrics_connection_pool_full_total` (new): metrics
+    /// connections refused because every slot was taken.
+    pub(crate) http_pool_full: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -178,6 +184,14 @@ impl Metrics {
                 ),
                 &["file"],
             )?,
+            http_active_connections: IntGauge::with_opts(opts(
+                "metrics_active_connections",
+                "Number of open connections on the metrics listener",
+            ))?,
+            http_pool_full: IntCounter::with_opts(opts(
+                "metrics_connection_pool_full_total",
+                "Metrics listener connections refused because all slots were in use",
+            ))?,
             registry,
         };
         m.state_files_damaged.with_label_values(&["policy-windows"]);
@@ -229,6 +243,9 @@ impl Metrics {
         m.registry.register(Box::new(m.build_info.clone()))?;
         m.registry
             .register(Box::new(m.state_files_damaged.clone()))?;
+        m.registry
+            .register(Box::new(m.http_active_connections.clone()))?;
+        m.registry.register(Box::new(m.http_pool_full.clone()))?;
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),

@@ -99,7 +99,13 @@ pub const SETTINGS: &[Setting] = &[
         "METRICS_LISTEN_ADDR",
         Some(":10002"),
         true,
-        "Listener for `/metrics`, `/health` and `/ready`; same syntax.",
+        "Listener for `/metrics`, `/health` and `/ready`; same syntax. Like the other listeners it has its own connection slots (`METRICS_MAX_CONNECTIONS`) and `IO_TIMEOUT` as the deadline for a request's headers, which also closes a kept-alive connection idle that long; a connection lives at most 2 minutes.",
+    ),
+    s(
+        "METRICS_MAX_CONNECTIONS",
+        Some("64"),
+        false,
+        "Concurrent connections on the metrics listener (Prometheus and health probes need a few); further connections are closed at once and counted in `metrics_connection_pool_full_total`.",
     ),
     s(
         "ALLOWED_CLIENTS",
@@ -311,7 +317,7 @@ pub const SETTINGS: &[Setting] = &[
         "IO_TIMEOUT",
         &["SOCKETMAP_IO_TIMEOUT"],
         Some("10s"),
-        "On every listener (socketmap, policy, SASL; earlier name `SOCKETMAP_IO_TIMEOUT`, still accepted): the deadline for a started request (a socketmap netstring, a policy request, a SASL line) to arrive in full, counted from its first byte, and for writing a reply; a client trickling bytes is cut off at it.",
+        "On every listener (socketmap, policy, SASL, metrics; earlier name `SOCKETMAP_IO_TIMEOUT`, still accepted): the deadline for a started request (a socketmap netstring, a policy request, a SASL line, the headers of an HTTP request) to arrive in full, counted from its first byte, and for writing a reply; a client trickling bytes is cut off at it.",
     ),
     s(
         "UNIX_SOCKET_MODE",

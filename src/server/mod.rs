@@ -95,6 +95,15 @@ impl ConnectionMetrics {
         }
     }
 
+    /// The metrics listener's own connection metrics.
+    pub(crate) fn http(metrics: &Metrics) -> Self {
+        Self {
+            active: metrics.http_active_connections.clone(),
+            pool_usage: None,
+            pool_full: metrics.http_pool_full.clone(),
+        }
+    }
+
     /// The SASL service's metrics.
     pub(crate) fn sasl(metrics: &crate::sasl::SaslMetrics) -> Self {
         Self {

@@ -65,21 +65,27 @@ impl Services<'_> {
     /// Stops accepting (listeners close, socket files go), answers what was
     /// received, and waits for the connections up to `grace`.
     pub(crate) async fn drain(self, grace: Duration) {
+        let tracker = self.tracker.clone();
+        if self.stop(grace).await {
+            tracing::info!("All connections closed");
+        } else {
+            tracing::warn!(
+                open_connections = tracker.len(),
+                "grace period over, closing remaining connections"
+            );
+        }
+    }
+
+    /// Stops accepting and waits up to `grace` for the connections; whether they
+    /// all closed in time.
+    pub(crate) async fn stop(self, grace: Duration) -> bool {
         self.shutdown.cancel();
         self.tracker.close();
         for task in self.accept_loops {
             let _ = task.await;
         }
-        if tokio::time::timeout(grace, self.tracker.wait())
+        tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_ok()
-        {
-            tracing::info!("All connections closed");
-        } else {
-            tracing::warn!(
-                open_connections = self.tracker.len(),
-                "grace period over, closing remaining connections"
-            );
-        }
     }
 }

@@ -125,7 +125,11 @@ pub async fn start_userli(base_url: &str, env: &[(&str, &str)]) -> Running {
 
 /// Starts the server on the demo fixture.
 pub async fn start_demo() -> Running {
-    let config = loopback_config(Config::for_fixture(demo_fixture()));
+    start_demo_with(loopback_config(Config::for_fixture(demo_fixture()))).await
+}
+
+/// Starts the server with `config`, whose backend is the demo fixture.
+pub async fn start_demo_with(config: Config) -> Running {
     let metrics = Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();
     start_with_metrics(config, backend, metrics).await

@@ -26,6 +26,8 @@ pub struct ListenerSection {
     pub allowed_clients: AllowedClients,
     /// `MAX_CONNECTIONS` (earlier `SOCKETMAP_MAX_CONNECTIONS`): per service.
     pub max_connections: usize,
+    /// `METRICS_MAX_CONNECTIONS`.
+    pub metrics_max_connections: usize,
     /// `IO_TIMEOUT` (earlier `SOCKETMAP_IO_TIMEOUT`): every listener.
     pub io_timeout: Duration,
     /// `SOCKETMAP_IDLE_TIMEOUT`; `None` = never.
@@ -79,6 +81,7 @@ impl ListenerSection {
             unix_socket_mode,
             allowed_clients,
             max_connections: raw.number("MAX_CONNECTIONS", 1, 1_000_000)?,
+            metrics_max_connections: raw.number("METRICS_MAX_CONNECTIONS", 1, 100_000)?,
             io_timeout: raw.positive_duration("IO_TIMEOUT")?,
             socketmap_idle_timeout: raw.optional_duration("SOCKETMAP_IDLE_TIMEOUT")?,
             policy_idle_timeout: raw.optional_duration("POLICY_IDLE_TIMEOUT")?,

@@ -30,7 +30,8 @@ pub enum Fault {
 }
 
 /// A backend answering from tables set up in code. Every call is recorded as
-/// `"question key"` (`"mailbox user@example.org"`, `"auth user@example.org"`, …).
+/// `"question key"` (`"mailbox user@example.org"`, `"auth user@example.org"`, …;
+/// a health check as `"health"`).
 ///
 /// ```
 /// # use postfix_adapter_backend::testkit::{Fault, StubBackend};
@@ -275,6 +276,10 @@ impl LookupBackend for StubBackend {
     }
 
     async fn health(&self) -> Result<(), BackendError> {
+        self.calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push("health".to_owned());
         match &self.health {
             None => Ok(()),
             Some(fault) => self.apply(fault).await,
