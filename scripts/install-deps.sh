@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the adapter's demo and test suite use, if missing.
 #   demo (--postfix-only): postfix (postmap), swaks, curl
-#   tests: also redis-server, prometheus (promtool, for tests/operator_kit.rs) and
-#          systemd (systemd-analyze, for tests/deploy_files.rs)
+#   tests: also redis-server, openssl (certificates for the rediss:// tests),
+#          prometheus (promtool, for tests/operator_kit.rs) and systemd
+#          (systemd-analyze, for tests/deploy_files.rs)
 set -euo pipefail
 
 missing=()
@@ -11,6 +12,7 @@ command -v swaks >/dev/null 2>&1 || missing+=(swaks)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${1:-}" != "--postfix-only" ]; then
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
   command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 fi

@@ -5,6 +5,7 @@
 //! by default because they need the binary:
 //! `cargo test --test policy_redis -- --include-ignored`.
 
+mod common;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
@@ -300,6 +301,117 @@ async fn redis_going_away_fails_fast_and_coming_back_recovers() {
     let v = check_until_ok(&store, "a@x", now, Duration::from_secs(10)).await;
     // The restarted server kept nothing (no persistence): counting starts over.
     assert_eq!((v.hour, v.day), (1, 1));
+}
+
+/// A Redis that refuses connections fails each check at once (the decision
+/// fails open at once), instead of waiting out the deadline: nothing to wait for.
+/// Needs no `redis-server`: nothing listens on the port.
+#[tokio::test]
+async fn a_refusing_redis_fails_each_check_at_once() {
+    let port = redis_server::free_port();
+    let store = RedisStore::connect(
+        &format!("redis://127.0.0.1:{port}/0"),
+        Duration::from_secs(3),
+    )
+    .await
+    .expect("fail open: the adapter starts without Redis");
+    let now = SystemTime::now();
+    for attempt in 0..10 {
+        let started = Instant::now();
+        assert!(store.check("a@x", quota(10, 0), 1, now).await.is_err());
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_millis(100),
+            "check {attempt} took {took:?} against a refusing Redis"
+        );
+    }
+}
+
+/// `rediss://`: TLS to a server whose certificate a private CA signed, trusted
+/// through the CA file; without it the certificate is not trusted and checks
+/// fail (open), never fall back to plain text.
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn rediss_with_a_private_ca_counts_and_an_unknown_ca_is_refused() {
+    let server = RedisServer::start_tls(None);
+    assert!(server.url().starts_with("rediss://"));
+    let ca = std::fs::read(server.ca_file()).unwrap();
+    let store = RedisStore::connect_with_ca(&server.url(), OP_TIMEOUT * 5, Some(&ca))
+        .await
+        .unwrap();
+    let now = SystemTime::now();
+    for want in 1..=3 {
+        let v = store.check("tls@x", quota(2, 0), 1, now).await.unwrap();
+        assert_eq!(v.hour, want);
+        assert_eq!(v.allowed, want <= 2);
+    }
+    let untrusting = RedisStore::connect(&server.url(), OP_TIMEOUT * 5)
+        .await
+        .expect("not fatal at start");
+    let err = untrusting
+        .check("tls@x", quota(2, 0), 1, now)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("certificate") || err.to_string().contains("Unknown"),
+        "{err}"
+    );
+}
+
+/// The binary with `REDIS_URL=rediss://…` and `REDIS_TLS_CA_FILE`: it starts
+/// (it used to exit: "can't connect with TLS, the feature is not enabled"),
+/// enforces the quota through Redis over TLS, and says where it connected
+/// without any secret.
+#[tokio::test]
+#[ignore = "needs redis-server"]
+async fn the_adapter_enforces_quotas_through_rediss() {
+    use postfix_adapter_clients::request::policy_end_of_message;
+    use postfix_adapter_clients::{Conn, Framing};
+    let server = RedisServer::start_tls(Some("tls-pass"));
+    let dir = tempfile::tempdir().unwrap();
+    let fixture = dir.path().join("f.toml");
+    std::fs::write(
+        &fixture,
+        "domains = [\"example.org\"]\n[[users]]\nemail = \"limited@example.org\"\nsmtp_quota = { per_hour = 2 }\n",
+    )
+    .unwrap();
+    let url = format!(
+        "{}/0",
+        server.url().replace("rediss://", "rediss://:tls-pass@")
+    );
+    let adapter = common::Adapter::spawn(&[
+        ("LOOKUP_BACKEND", "fixture"),
+        ("FIXTURE_PATH", fixture.to_str().unwrap()),
+        ("REDIS_URL", &url),
+        ("REDIS_TLS_CA_FILE", server.ca_file().to_str().unwrap()),
+    ]);
+    let connected = adapter
+        .startup_log("connected to redis")
+        .expect("connected to Redis over TLS at start")
+        .clone();
+    let shown = connected["url"].as_str().unwrap();
+    assert!(
+        shown.starts_with("rediss://") && !shown.contains("tls-pass"),
+        "{shown}"
+    );
+    let policy = adapter
+        .policy
+        .as_ref()
+        .expect("policy listener")
+        .parse()
+        .unwrap();
+    let mut conn = Conn::tcp(policy, Framing::Block).await.unwrap();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let reply = conn
+            .exchange(&policy_end_of_message("limited@example.org"))
+            .await
+            .unwrap();
+        answers.push(String::from_utf8_lossy(&reply).into_owned());
+    }
+    assert_eq!(answers[..2], ["action=DUNNO\n\n", "action=DUNNO\n\n"]);
+    assert!(answers[2].starts_with("action=REJECT"), "{answers:?}");
+    assert!(adapter.terminate().success());
 }
 
 #[tokio::test]

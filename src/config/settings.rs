@@ -214,9 +214,21 @@ pub const SETTINGS: &[Setting] = &[
         default: None,
         secret: true,
         upstream: true,
-        help: "Keep the quota windows in Redis (`redis://[:password@]host:port/db`) so several adapter instances share one quota. Unset: embedded store in `STATE_DIRECTORY`. Upstream required it; here it is optional.",
+        help: "Keep the quota windows in Redis (`redis://[user:password@]host:port/db`, `rediss://` for TLS, `redis+unix:///path?db=0&pass=…`) so several adapter instances share one quota. Unset: embedded store in `STATE_DIRECTORY`. Upstream required it; here it is optional. User and password are never shown.",
         aliases: &[],
     },
+    s(
+        "REDIS_TLS_CA_FILE",
+        None,
+        false,
+        "With a `rediss://` `REDIS_URL`: a PEM file with the CA certificate(s) that signed the Redis server's certificate, for a private CA. Unset: the system's trusted CAs.",
+    ),
+    s(
+        "REDIS_TIMEOUT",
+        Some("500ms"),
+        false,
+        "The longest one Redis operation may take, connecting included; then the decision fails open (or closed, `POLICY_FAIL_MODE`). A Redis that refuses connections fails at once, without waiting.",
+    ),
     s(
         "STATE_DIRECTORY",
         Some("/var/lib/userli-postfix-adapter"),

@@ -453,7 +453,18 @@ pub(crate) async fn open_store(
     metrics: &Metrics,
 ) -> Result<Arc<dyn QuotaStore>, store::StoreError> {
     if let Some(url) = &config.policy.redis_url {
-        let store = redis_store::RedisStore::connect(url.expose(), config.lookups.timeout).await?;
+        let ca = match &config.policy.redis_tls_ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read(path).map_err(|e| {
+                store::StoreError::Remote(format!("REDIS_TLS_CA_FILE {}: {e}", path.display()))
+            })?),
+        };
+        let store = redis_store::RedisStore::connect_with_ca(
+            url.expose(),
+            config.policy.redis_timeout,
+            ca.as_deref(),
+        )
+        .await?;
         return Ok(Arc::new(store));
     }
     let store = store::EmbeddedStore::open(&config.policy.state_directory)?;

@@ -157,17 +157,47 @@ impl RedisStore {
     /// when Redis answers but refuses the credentials (a configuration error no
     /// retry fixes). Neither message contains the password.
     pub async fn connect(url: &str, op_timeout: Duration) -> Result<Self, StoreError> {
+        Self::connect_with_ca(url, op_timeout, None).await
+    }
+
+    /// [`connect`](Self::connect), trusting the CA certificates in `ca_pem`
+    /// (PEM) instead of the system's for a `rediss://` URL.
+    ///
+    /// # Errors
+    /// As [`connect`](Self::connect); also when `ca_pem` holds no certificate.
+    pub async fn connect_with_ca(
+        url: &str,
+        op_timeout: Duration,
+        ca_pem: Option<&[u8]>,
+    ) -> Result<Self, StoreError> {
         let (redacted_url, secrets) = redact(url);
         let scrub = |text: String| scrub(text, &secrets);
-        let client = Client::open(url).map_err(|e| {
+        // rediss:// goes through rustls, which needs a process-wide crypto provider;
+        // ring, as for HTTPS (a provider installed earlier is kept).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match ca_pem {
+            None => Client::open(url),
+            Some(pem) => Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.to_vec()),
+                },
+            ),
+        }
+        .map_err(|e| {
             StoreError::Remote(scrub(format!("REDIS_URL {redacted_url} is invalid: {e}")))
         })?;
         // The handshake may need a few round trips (HELLO, AUTH, SELECT), so it
         // gets a little more than one operation.
         let connection_timeout = op_timeout.max(Duration::from_secs(1));
+        // No retries inside a reconnect: a refused connection must fail the check
+        // at once (fail open now), not after backed-off attempts that outlast the
+        // deadline; the next check tries again.
         let manager_config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(connection_timeout))
             .set_response_timeout(Some(op_timeout))
+            .set_number_of_retries(0)
             .set_max_delay(MAX_RECONNECT_DELAY);
         let manager = new_manager(&client, &manager_config, &redacted_url)?;
         let store = Self {

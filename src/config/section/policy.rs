@@ -15,6 +15,10 @@ pub struct PolicySection {
     pub rate_limit_message: String,
     /// `REDIS_URL`.
     pub redis_url: Option<Secret>,
+    /// `REDIS_TLS_CA_FILE`: the CA that signed a `rediss://` server's certificate.
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// `REDIS_TIMEOUT`: the deadline of one store operation, connecting included.
+    pub redis_timeout: std::time::Duration,
     /// `STATE_DIRECTORY`.
     pub state_directory: PathBuf,
     /// `POLICY_SENDER_FALLBACK`.
@@ -55,9 +59,30 @@ impl PolicySection {
                 "must start with redis://, rediss://, unix:// or redis+unix://",
             ));
         }
+        let redis_tls_ca_file = raw
+            .get("REDIS_TLS_CA_FILE")
+            .map(|(v, _)| v.trim())
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from);
+        if redis_tls_ca_file.is_some()
+            && !redis_url
+                .as_ref()
+                .is_some_and(|u| u.expose().starts_with("rediss://"))
+        {
+            return Err(raw.error(
+                "REDIS_TLS_CA_FILE",
+                "is only used with a rediss:// REDIS_URL (Redis over TLS)",
+            ));
+        }
+        let redis_timeout = raw.positive_duration("REDIS_TIMEOUT")?;
+        if redis_timeout > crate::config::MAX_LOOKUP_TIMEOUT {
+            return Err(raw.error("REDIS_TIMEOUT", "must be at most 60s"));
+        }
         Ok(Self {
             rate_limit_message: rate_limit_message.to_owned(),
             redis_url,
+            redis_tls_ca_file,
+            redis_timeout,
             state_directory: PathBuf::from(raw.required("STATE_DIRECTORY").0),
             sender_fallback,
             count_recipients,
