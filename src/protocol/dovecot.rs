@@ -189,9 +189,10 @@ pub fn parse_client_line(line: &str) -> ClientLine {
 /// Why SASL client data is unusable; the text goes into `FAIL reason=`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SaslError {
-    /// Not base64.
-    #[error("invalid base64 data")]
-    Base64,
+    /// Not base64; the text names what was sent, as upstream words it
+    /// (`resp=`, `LOGIN username`, `LOGIN password`).
+    #[error("invalid base64 in {0}")]
+    Base64(&'static str),
     /// The PLAIN payload is not `authzid NUL authcid NUL password`.
     #[error("invalid PLAIN payload format")]
     PlainFormat,
@@ -206,12 +207,14 @@ pub enum SaslError {
     LoginNotUtf8,
 }
 
-/// Decodes standard base64 (strict padding).
+/// Decodes standard base64 (strict padding) of the `what` the client sent.
 ///
 /// # Errors
-/// [`SaslError::Base64`].
-pub fn decode_base64(data: &str) -> Result<Vec<u8>, SaslError> {
-    STANDARD.decode(data.trim()).map_err(|_| SaslError::Base64)
+/// [`SaslError::Base64`] naming `what`.
+pub fn decode_base64(data: &str, what: &'static str) -> Result<Vec<u8>, SaslError> {
+    STANDARD
+        .decode(data.trim())
+        .map_err(|_| SaslError::Base64(what))
 }
 
 /// Login and password from the two base64 answers of `AUTH LOGIN`.
@@ -219,8 +222,8 @@ pub fn decode_base64(data: &str) -> Result<Vec<u8>, SaslError> {
 /// # Errors
 /// [`SaslError`] for bad base64, an empty field or a login that is not UTF-8.
 pub fn login_credentials(user: &str, password: &str) -> Result<(String, Vec<u8>), SaslError> {
-    let user = decode_base64(user)?;
-    let password = decode_base64(password)?;
+    let user = decode_base64(user, "LOGIN username")?;
+    let password = decode_base64(password, "LOGIN password")?;
     if user.is_empty() || password.is_empty() {
         return Err(SaslError::Empty);
     }
@@ -370,9 +373,17 @@ mod tests {
         assert_eq!(parse_plain(b"\0user"), Err(SaslError::PlainFormat));
         assert_eq!(parse_plain(b"\0\0pw"), Err(SaslError::Empty));
         assert_eq!(parse_plain(b"\0user\0"), Err(SaslError::Empty));
-        assert_eq!(decode_base64("not base64!"), Err(SaslError::Base64));
         assert_eq!(
-            decode_base64("AHVzZXIAcGFzcw=="),
+            decode_base64("not base64!", "resp="),
+            Err(SaslError::Base64("resp="))
+        );
+        assert_eq!(
+            SaslError::Base64("resp=").to_string(),
+            "invalid base64 in resp=",
+            "upstream's words"
+        );
+        assert_eq!(
+            decode_base64("AHVzZXIAcGFzcw==", "resp="),
             Ok(b"\0user\0pass".to_vec())
         );
     }
@@ -476,7 +487,14 @@ mod tests {
             login_credentials(&b64(b""), &b64(b"pw")),
             Err(SaslError::Empty)
         );
-        assert_eq!(login_credentials("!", &b64(b"pw")), Err(SaslError::Base64));
+        assert_eq!(
+            login_credentials("!", &b64(b"pw")),
+            Err(SaslError::Base64("LOGIN username"))
+        );
+        assert_eq!(
+            login_credentials(&b64(b"u"), "!"),
+            Err(SaslError::Base64("LOGIN password"))
+        );
         assert_eq!(
             login_credentials(&b64(b"\xff"), &b64(b"pw")),
             Err(SaslError::LoginNotUtf8)

@@ -184,7 +184,7 @@ impl SaslHandler {
                         Err(next) => return Ok(Step::Abandoned(next)),
                     },
                 };
-                dovecot::decode_base64(&response).and_then(|p| dovecot::parse_plain(&p))
+                dovecot::decode_base64(&response, "resp=").and_then(|p| dovecot::parse_plain(&p))
             }
             Mechanism::Login => {
                 let user = match request.initial_response.as_deref() {

@@ -95,14 +95,16 @@ pub struct UserliConfig {
 impl UserliConfig {
     /// A configuration with the defaults: timeout 3 s (the engine's own deadline
     /// applies too), connect timeout 2 s, 64 idle connections per host and the
-    /// user agent `userli-postfix-adapter/<version>`.
+    /// user agent `userli-postfix-adapter`, exactly as the Go adapter sends it.
     pub fn new(base_url: Url, token: impl Into<String>) -> Self {
         Self {
             base_url,
             token: token.into(),
             timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(2),
-            user_agent: concat!("userli-postfix-adapter/", env!("CARGO_PKG_VERSION")).to_owned(),
+            // As the Go adapter sends it: userli's access log and any filter on it
+            // see the same client.
+            user_agent: "userli-postfix-adapter".to_owned(),
             max_idle_per_host: 64,
         }
     }
@@ -677,23 +679,36 @@ fn error_message(value: &Value) -> Option<&str> {
     }
 }
 
-/// Whatever answered may not be userli; keep a message short and on one line.
+/// Whatever answered may not be userli; keep a message short and on one line:
+/// tabs, line breaks and other control characters become spaces, as upstream
+/// makes them (`bad\tcreds\nfor user` → `bad creds for user`).
 fn one_short_line(text: &str) -> Option<String> {
-    let text: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
-    (!text.is_empty()).then_some(text)
+    let text: String = spaced(text).chars().take(200).collect();
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+/// `text` with every control character replaced by a space.
+fn spaced(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
 }
 
 /// Whether `text` repeats the password (a misbehaving endpoint echoing the
-/// request), as sent or once [`one_short_line`] has dropped control characters.
+/// request), as sent, with its control characters dropped, or with them made
+/// spaces as [`one_short_line`] does.
 /// Checked before shortening, so a cut-off echo is caught too.
 fn contains_secret(text: &str, password: &str) -> bool {
-    let printable = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
     if password.is_empty() {
         return false;
     }
+    let printable = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
     let password_printable = printable(password);
+    let password_spaced = spaced(password);
     text.contains(password)
         || (!password_printable.is_empty() && printable(text).contains(&password_printable))
+        || spaced(text).contains(password_spaced.trim())
 }
 
 /// The SMTP-client-facing reason for a refused login: userli's message, on one short
@@ -889,7 +904,8 @@ mod tests {
         }
         assert_eq!(auth_reason("", "pw"), AUTH_FAILED);
         assert_eq!(auth_reason("\r\n\t", "pw"), AUTH_FAILED);
-        assert_eq!(auth_reason("account\r\nlocked", "pw"), "accountlocked");
+        assert_eq!(auth_reason("account\r\nlocked", "pw"), "account  locked");
+        assert_eq!(auth_reason("bad\tcreds\nfor user", "pw"), "bad creds for user");
         assert_eq!(auth_reason("bad s3cret!", "s3cret!"), AUTH_FAILED);
         assert_eq!(auth_reason("bad s3\tcret!", "s3\tcret!"), AUTH_FAILED);
         assert_eq!(auth_reason("bad s3cret!", "s3\ncret!"), AUTH_FAILED);

@@ -101,7 +101,7 @@ async fn request_is_a_json_post_with_the_usual_headers() {
         .unwrap()
         .to_str()
         .unwrap();
-    assert!(ua.starts_with("userli-postfix-adapter/"), "{ua}");
+    assert_eq!(ua, "userli-postfix-adapter", "the Go adapter's User-Agent");
     // Exactly the two fields userli's DTO knows.
     let sent: Value = serde_json::from_slice(&requests[0].body).unwrap();
     assert_eq!(sent.as_object().unwrap().len(), 2, "{sent}");
@@ -236,10 +236,16 @@ async fn userli_messages_become_the_failure_reason() {
             "user password change required",
         ),
         (401, json!({"message": ""}), "authentication failed"),
+        // Line breaks and tabs become spaces, one each, as upstream makes them.
         (
             401,
             json!({"message": "some\r\nnew reason"}),
-            "somenew reason",
+            "some  new reason",
+        ),
+        (
+            401,
+            json!({"message": "bad\tcreds\nfor user"}),
+            "bad creds for user",
         ),
     ] {
         let server = MockServer::start().await;

@@ -162,7 +162,8 @@ async fn extension_rows_conformance() {
 #[tokio::test]
 async fn sends_token_accept_content_type_and_user_agent() {
     let server = MockServer::start().await;
-    let ua = concat!("userli-postfix-adapter/", env!("CARGO_PKG_VERSION"));
+    // Exactly the Go adapter's.
+    let ua = "userli-postfix-adapter";
     for (endpoint, body) in [
         ("alias", json!(["user2@example.org"])),
         ("mailbox", json!(true)),
@@ -641,10 +642,7 @@ fn config_defaults_and_redacted_debug() {
     assert_eq!(cfg.timeout, Duration::from_secs(3));
     assert_eq!(cfg.connect_timeout, Duration::from_secs(2));
     assert_eq!(cfg.max_idle_per_host, 64);
-    assert_eq!(
-        cfg.user_agent,
-        concat!("userli-postfix-adapter/", env!("CARGO_PKG_VERSION"))
-    );
+    assert_eq!(cfg.user_agent, "userli-postfix-adapter");
     let dbg = format!("{cfg:?}");
     assert!(dbg.contains("<redacted>"), "{dbg}");
     assert!(!dbg.contains(TOKEN), "{dbg}");
