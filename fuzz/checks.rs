@@ -191,7 +191,7 @@ pub(crate) fn dovecot_line(data: &[u8]) {
     assert_one_line(&fail_line(&id, None, &line), 3);
     assert_one_line(&cont_line(&id, data), 3);
     if let Some(response) = response
-        && let Ok(payload) = decode_base64(&response)
+        && let Ok(payload) = decode_base64(&response, "resp=")
     {
         check_plain(&payload);
     }

@@ -74,7 +74,7 @@ cleanup() {
 trap cleanup EXIT
 addr=""
 for _ in $(seq 100); do
-    addr="$(sed -n 's/.*"addr":"\([^"]*\)".*"message":"socketmap server listening".*/\1/p; s/.*"message":"socketmap server listening".*"addr":"\([^"]*\)".*/\1/p' "$log" | head -n1)"
+    addr="$(sed -n 's/.*"addr":"\([^"]*\)".*"msg":"socketmap server listening".*/\1/p; s/.*"msg":"socketmap server listening".*"addr":"\([^"]*\)".*/\1/p' "$log" | head -n1)"
     [ -n "$addr" ] && break
     sleep 0.1
 done

@@ -163,7 +163,7 @@ async fn sighup_reloads_the_fixture_without_dropping_connections() {
     std::fs::write(&file, "domains = [\"broken").unwrap();
     adapter.signal("HUP");
     let line = adapter.wait_for_log("backend reload failed");
-    assert_eq!(line["level"], "ERROR");
+    assert_eq!(line["level"], "error");
     assert_eq!(
         client.ask("mailbox new@example.org").await,
         "OK 1",

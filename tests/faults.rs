@@ -509,7 +509,7 @@ async fn sighup_under_load_reloads_without_errors_and_a_broken_file_keeps_the_ol
         write_atomically(&file, broken);
         adapter.signal("HUP");
         let line = wait_for_log(&adapter, "backend reload failed");
-        assert_eq!(line["level"], "ERROR", "{name}: {line}");
+        assert_eq!(line["level"], "error", "{name}: {line}");
         assert!(
             line["error"].as_str().unwrap_or("").contains("data.toml"),
             "{name}: the error names the file: {line}"
@@ -969,7 +969,7 @@ async fn unwritable_state_file_keeps_enforcing_in_memory_and_logs_the_error() {
         after_restart.trim_end(),
     );
     assert_eq!(answers, [DUNNO, DUNNO, REJECT, DUNNO, REJECT]);
-    assert_eq!(line["level"], "ERROR");
+    assert_eq!(line["level"], "error");
     assert!(
         line["error"]
             .as_str()
@@ -1102,7 +1102,7 @@ async fn a_damaged_state_file_is_set_aside_and_the_adapter_starts_with_empty_win
             .startup_log("quota state file is damaged")
             .unwrap_or_else(|| panic!("{what}: no log line about the damaged file"))
             .clone();
-        assert_eq!(logged["level"], "ERROR", "{what}: {logged}");
+        assert_eq!(logged["level"], "error", "{what}: {logged}");
         let moved_to = logged["moved_to"].as_str().unwrap().to_owned();
         assert!(
             moved_to.contains("policy-windows.json.corrupt-"),

@@ -129,7 +129,7 @@ pub const SETTINGS: &[Setting] = &[
         "LOG_FORMAT",
         Some("json"),
         false,
-        "`json` (one object per line, as upstream) or `text`.",
+        "`json`: one object per line in the Go adapter's zap schema (`level`, `ts`, `logger`, `msg`, then the fields), so its log queries keep working; `text`: one human-readable line per event.",
     ),
     s(
         "LOOKUP_BACKEND",

@@ -278,7 +278,7 @@ impl Adapter {
                 .expect("adapter reports its listeners");
             let v: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
             let addr = v["addr"].as_str().map(str::to_owned);
-            match v["message"].as_str() {
+            match v["msg"].as_str() {
                 Some("policy server listening") => policy = addr,
                 Some("socketmap server listening") => socketmap = addr,
                 Some("metrics server listening") => metrics = addr,
@@ -302,7 +302,7 @@ impl Adapter {
     pub fn startup_log(&self, text: &str) -> Option<&serde_json::Value> {
         self.startup
             .iter()
-            .find(|v| v["message"].as_str().is_some_and(|m| m.contains(text)))
+            .find(|v| v["msg"].as_str().is_some_and(|m| m.contains(text)))
     }
 
     /// The binary on the demo fixture with every listener on loopback: delimiter
@@ -344,7 +344,7 @@ impl Adapter {
                 .recv_timeout(left)
                 .unwrap_or_else(|_| panic!("no log line containing {text:?}"));
             let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            if v["message"].as_str().is_some_and(|m| m.contains(text)) {
+            if v["msg"].as_str().is_some_and(|m| m.contains(text)) {
                 return v;
             }
         }

@@ -905,7 +905,10 @@ mod tests {
         assert_eq!(auth_reason("", "pw"), AUTH_FAILED);
         assert_eq!(auth_reason("\r\n\t", "pw"), AUTH_FAILED);
         assert_eq!(auth_reason("account\r\nlocked", "pw"), "account  locked");
-        assert_eq!(auth_reason("bad\tcreds\nfor user", "pw"), "bad creds for user");
+        assert_eq!(
+            auth_reason("bad\tcreds\nfor user", "pw"),
+            "bad creds for user"
+        );
         assert_eq!(auth_reason("bad s3cret!", "s3cret!"), AUTH_FAILED);
         assert_eq!(auth_reason("bad s3\tcret!", "s3\tcret!"), AUTH_FAILED);
         assert_eq!(auth_reason("bad s3cret!", "s3\ncret!"), AUTH_FAILED);
