@@ -285,7 +285,7 @@ impl RedisStore {
 
     /// Counts a failure and, after several in a row, replaces a connection
     /// that may never recover by itself (see [`FAILURES_BEFORE_RECONNECT`]).
-    fn note_failure(&self) {
+    fn note_failure(&self, error: &str) {
         let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures < FAILURES_BEFORE_RECONNECT {
             return;
@@ -299,6 +299,7 @@ impl RedisStore {
             tracing::warn!(
                 url = %self.redacted_url,
                 failures,
+                last_error = error,
                 "redis keeps failing; making a new connection"
             );
             *connection = Connection {
@@ -333,11 +334,27 @@ impl QuotaStore for RedisStore {
             .arg(ttl_ms)
             .arg(HOUR_MINUTES)
             .arg(DAY_MINUTES);
-        let mut manager = self.manager();
-        let result = tokio::time::timeout(
-            self.op_timeout,
-            invocation.invoke_async::<(u64, u64)>(&mut manager),
-        )
+        // After a failure the connection may be gone: make sure of one first with
+        // PING, which (unlike the script, which counts) can be repeated safely. A
+        // failed PING makes the manager start a new connection; the second one
+        // waits for it: refused again at once while Redis is down, answered the
+        // moment it is back. Without this a check right after Redis's return would
+        // still see the old failed connection and, behind an open breaker,
+        // enforcement would resume a whole cool-down late.
+        let recovering = self.consecutive_failures.load(Ordering::Relaxed) > 0;
+        let ping = || async {
+            redis::cmd("PING")
+                .query_async::<()>(&mut self.manager())
+                .await
+        };
+        let result = tokio::time::timeout(self.op_timeout, async {
+            if recovering && ping().await.is_err() {
+                ping().await?;
+            }
+            invocation
+                .invoke_async::<(u64, u64)>(&mut self.manager())
+                .await
+        })
         .await;
         match result {
             Ok(Ok((hour, day))) => {
@@ -354,14 +371,12 @@ impl QuotaStore for RedisStore {
                 )))
             }
             Ok(Err(e)) => {
-                self.note_failure();
-                Err(StoreError::Remote(format!(
-                    "redis: {}",
-                    self.scrub(e.to_string())
-                )))
+                let error = format!("redis: {}", self.scrub(e.to_string()));
+                self.note_failure(&error);
+                Err(StoreError::Remote(error))
             }
             Err(_) => {
-                self.note_failure();
+                self.note_failure("redis timeout");
                 Err(StoreError::Remote("redis timeout".to_owned()))
             }
         }
