@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# Runs the adapter on the bundled demo data (userli's `basic` fixture set):
-# socketmap on 127.0.0.1:10001, metrics/health on 127.0.0.1:10002.
-# Try it from another shell:
-#   postmap -q user@example.org socketmap:inet:127.0.0.1:10001:mailbox
+# Runs the adapter on the bundled demo data (userli's `basic` fixture set), with
+# every listener on loopback: socketmap 127.0.0.1:10001, metrics/health
+# 127.0.0.1:10002, policy 127.0.0.1:10003, SASL 127.0.0.1:10004.
+#
+# Needs nothing but Rust (1.88 or newer): the first build takes a few minutes.
+# Before serving it shows what the demo data answers, with the adapter's own
+# `query` command; Postfix's `postmap -q` is the real client (see the README).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh --postfix-only
-cargo build --release --locked
+echo "demo: building the adapter (release; the first build takes a few minutes)..." >&2
+cargo build --release --locked --bin userli-postfix-adapter
+adapter=target/release/userli-postfix-adapter
+
 export LOOKUP_BACKEND=fixture
 export FIXTURE_PATH="${FIXTURE_PATH:-examples/fixtures/demo.toml}"
 export SOCKETMAP_LISTEN_ADDR="${SOCKETMAP_LISTEN_ADDR:-127.0.0.1:10001}"
@@ -16,13 +21,25 @@ export POLICY_LISTEN_ADDR="${POLICY_LISTEN_ADDR:-127.0.0.1:10003}"
 export STATE_DIRECTORY="${STATE_DIRECTORY:-target/demo-state}"
 export SASL_LISTEN_ADDR="${SASL_LISTEN_ADDR:-127.0.0.1:10004}"
 export LOG_FORMAT="${LOG_FORMAT:-text}"
+
+echo "demo: what the demo data answers ($adapter query MAP KEY):" >&2
+for question in "mailbox user@example.org" "mailbox user+tag@example.org" \
+  "domain example.org" "alias alias@example.org" "senders alias@example.org" \
+  "mailbox nobody@example.org"; do
+  # shellcheck disable=SC2086 # MAP and KEY are two words on purpose
+  answer="$("$adapter" query $question 2>/dev/null || true)"
+  printf '  %-30s %s\n' "$question" "$answer" >&2
+done
+
 cat <<MSG >&2
-Demo adapter on socketmap ${SOCKETMAP_LISTEN_ADDR}, policy ${POLICY_LISTEN_ADDR},
-SASL ${SASL_LISTEN_ADDR} (every demo user's password is "password"), metrics ${METRICS_LISTEN_ADDR}. Try:
-  postmap -q user@example.org  socketmap:inet:${SOCKETMAP_LISTEN_ADDR}:mailbox
-  postmap -q example.org       socketmap:inet:${SOCKETMAP_LISTEN_ADDR}:domain
-  postmap -q alias@example.org socketmap:inet:${SOCKETMAP_LISTEN_ADDR}:alias
-  postmap -q alias@example.org socketmap:inet:${SOCKETMAP_LISTEN_ADDR}:senders
-Stop with Ctrl-C; reload the fixture with: kill -HUP <pid>
+
+demo: serving on socketmap ${SOCKETMAP_LISTEN_ADDR}, policy ${POLICY_LISTEN_ADDR},
+SASL ${SASL_LISTEN_ADDR} (every demo user's password is "password"), metrics
+${METRICS_LISTEN_ADDR}. Ask it from another shell the way Postfix does:
+  postmap -q user@example.org socketmap:inet:${SOCKETMAP_LISTEN_ADDR}:mailbox
+  curl -s http://${METRICS_LISTEN_ADDR}/ready
+(postmap comes with Debian's postfix package; see the README if it says
+"open /etc/postfix/main.cf".) Stop with Ctrl-C; reload the data with kill -HUP <pid>.
+
 MSG
-exec target/release/userli-postfix-adapter "$@"
+exec "$adapter" "$@"

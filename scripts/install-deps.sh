@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the adapter's demo and test suite use, if missing.
-#   demo (--postfix-only): postfix (postmap), swaks, curl
+#   --postfix-only: postfix (postmap), swaks, curl (the demo itself needs none)
 #   tests: also redis-server, openssl (certificates for the rediss:// tests),
 #          prometheus (promtool, for tests/operator_kit.rs) and systemd
 #          (systemd-analyze, for tests/deploy_files.rs)

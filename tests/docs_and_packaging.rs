@@ -32,6 +32,33 @@ fn readme_first_screen_has_the_two_setup_commands() {
     let first_screen: String = readme.lines().take(25).collect::<Vec<_>>().join("\n");
     assert!(first_screen.contains("./scripts/demo.sh"));
     assert!(first_screen.contains("./scripts/test.sh"));
+    assert!(
+        first_screen.contains("Rust 1.88"),
+        "says which Rust it needs"
+    );
+    // The demo needs no system package (it used to install a whole MTA).
+    let demo = read("scripts/demo.sh");
+    assert!(!demo.contains("install-deps") && !demo.contains("apt-get"));
+    assert!(
+        demo.contains(" query "),
+        "shows answers with the adapter's own client"
+    );
+    // The test line names every package the script may install.
+    let install = read("scripts/install-deps.sh");
+    let test_line = first_screen
+        .lines()
+        .find(|l| l.starts_with("./scripts/test.sh"))
+        .unwrap();
+    for package in install
+        .lines()
+        .filter_map(|l| l.split("missing+=(").nth(1))
+        .map(|rest| rest.trim_end_matches(')'))
+    {
+        assert!(
+            test_line.contains(package),
+            "the README's test line misses {package}"
+        );
+    }
     let test_script = read("scripts/test.sh");
     assert!(test_script.contains("--include-ignored"));
     assert!(read(".ci/run").contains("scripts/test.sh"));
