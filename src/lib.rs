@@ -146,10 +146,16 @@ pub struct Server {
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     /// A listener cannot be bound.
-    #[error(transparent)]
-    Bind(#[from] BindError),
+    #[error("{setting}: {source}{}", bind_hint(.setting, .source))]
+    Bind {
+        /// The setting that chose the address.
+        setting: &'static str,
+        /// Why.
+        #[source]
+        source: BindError,
+    },
     /// The quota store cannot be opened.
-    #[error("STATE_DIRECTORY/REDIS_URL: {0}")]
+    #[error("{}", store_message(.0))]
     Store(#[from] policy::store::StoreError),
     /// Metrics cannot be registered (a bug).
     #[error(transparent)]
@@ -182,10 +188,13 @@ impl Server {
             .with_label_values(&[env!("CARGO_PKG_VERSION"), backend.name()])
             .set(1);
         let mode = config.listeners.unix_socket_mode;
-        let socketmap = server::bind(&config.listeners.socketmap, mode).await?;
-        let http = server::bind(&config.listeners.metrics, mode).await?;
-        let policy_listeners = bind_optional(config.listeners.policy.as_ref(), mode).await?;
-        let sasl_listeners = bind_optional(config.listeners.sasl.as_ref(), mode).await?;
+        let socketmap =
+            bind_setting("SOCKETMAP_LISTEN_ADDR", &config.listeners.socketmap, mode).await?;
+        let http = bind_setting("METRICS_LISTEN_ADDR", &config.listeners.metrics, mode).await?;
+        let policy_listeners =
+            bind_optional("POLICY_LISTEN_ADDR", config.listeners.policy.as_ref(), mode).await?;
+        let sasl_listeners =
+            bind_optional("SASL_LISTEN_ADDR", config.listeners.sasl.as_ref(), mode).await?;
 
         // Password checks go to the bare backend through their own breaker and
         // slots (see `sasl`): a login flood must never starve lookups.
@@ -299,7 +308,6 @@ impl Server {
 
         let mut flusher = None;
         if let Some((policy, listeners)) = policy {
-            tracing::info!(store = policy.store().name(), "policy quota store ready");
             let handler = PolicyHandler::new(policy.clone(), config.listeners.policy_limits());
             services.start(
                 "policy",
@@ -356,14 +364,61 @@ impl Server {
     }
 }
 
+/// Binds `addr`, the value of `setting`.
+async fn bind_setting(
+    setting: &'static str,
+    addr: &ListenAddr,
+    mode: u32,
+) -> Result<Vec<BoundListener>, ServerError> {
+    server::bind(addr, mode)
+        .await
+        .map_err(|source| ServerError::Bind { setting, source })
+}
+
 /// Binds `addr` if the service is on.
 async fn bind_optional(
+    setting: &'static str,
     addr: Option<&ListenAddr>,
     mode: u32,
-) -> Result<Option<Vec<BoundListener>>, BindError> {
+) -> Result<Option<Vec<BoundListener>>, ServerError> {
     match addr {
         None => Ok(None),
-        Some(addr) => server::bind(addr, mode).await.map(Some),
+        Some(addr) => bind_setting(setting, addr, mode).await.map(Some),
+    }
+}
+
+/// What to do about a listener that cannot be bound, when the cause says it.
+fn bind_hint(setting: &str, error: &BindError) -> String {
+    let BindError::Io { source, .. } = error else {
+        return String::new();
+    };
+    match source.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            " (another process listens there: stop it, or choose another address in {setting})"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; a UNIX socket needs a writable directory: choose another address in {setting})"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!(" (no interface has that address: fix {setting})")
+        }
+        _ => String::new(),
+    }
+}
+
+/// A quota store error with the setting to fix, and how.
+fn store_message(error: &policy::store::StoreError) -> String {
+    use policy::store::StoreError;
+    match error {
+        StoreError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied => {
+            format!(
+                "STATE_DIRECTORY: {error} (set STATE_DIRECTORY to a directory this user may write, or POLICY_LISTEN_ADDR=off to run without the policy server)"
+            )
+        }
+        StoreError::Io { .. } | StoreError::Corrupt { .. } => format!(
+            "STATE_DIRECTORY: {error} (set STATE_DIRECTORY to a writable directory, or POLICY_LISTEN_ADDR=off)"
+        ),
+        StoreError::Remote(_) | StoreError::Rejected(_) => error.to_string(),
     }
 }
 

@@ -50,7 +50,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::ConfigReference) = cli.command {
-        print!("{}", config::settings::reference_markdown());
+        print_out(&config::settings::reference_markdown());
         return ExitCode::SUCCESS;
     }
     let config = match config::load(&Sources::from_process(cli.config.clone())) {
@@ -61,8 +61,10 @@ fn main() -> ExitCode {
         }
     };
     if let Some(Command::CheckConfig) = cli.command {
-        print!("{}", config.render_effective());
-        println!("# configuration is valid");
+        print_out(&format!(
+            "{}# configuration is valid\n",
+            config.render_effective()
+        ));
         return ExitCode::SUCCESS;
     }
     init_logging(&config, !matches!(cli.command, Some(Command::Query { .. })));
@@ -85,11 +87,38 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "fatal error");
-            eprintln!("userli-postfix-adapter: {e:#}");
+            // Once, on stderr, like configuration errors (systemd's journal and a
+            // terminal both show it); the log has said what led up to it.
+            eprintln!("userli-postfix-adapter: {}", error_chain(&e));
             ExitCode::from(1)
         }
     }
+}
+
+/// Writes `text` to stdout; a reader that went away (`check-config | head -1`)
+/// is not an error.
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// The error and its causes, each said once: a cause whose text the message
+/// already contains (`cannot listen on X: Address already in use` over the OS
+/// error itself) is not repeated.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Logs go to stdout when serving (as upstream's do) and to stderr for `query`,
@@ -121,11 +150,22 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new().context("creating metrics")?;
     let backend = backend::build_backend(&config, &metrics).context("starting the backend")?;
     let backend_name = backend.name().to_owned();
+    // Where answers come from, named once at start (never the token).
+    let backend_source = match config.backend.kind {
+        config::BackendKind::Userli => config.backend.userli_base_url.to_string(),
+        config::BackendKind::Fixture => config
+            .backend
+            .fixture_path
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string()),
+        config::BackendKind::Custom => String::new(),
+    };
     raise_open_files_limit(&config);
     let server = Server::bind(config, backend.clone(), metrics.clone()).await?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         backend = backend_name,
+        backend_source,
         socketmap = ?server.socketmap_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         metrics = ?server.http_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),
         policy = ?server.policy_addrs().iter().map(ToString::to_string).collect::<Vec<_>>(),

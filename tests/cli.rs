@@ -131,7 +131,78 @@ fn a_listener_that_cannot_bind_is_fatal() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot listen on"), "{stderr}");
+    // One line, naming the setting that chose the port, the cause once, the fix.
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("SOCKETMAP_LISTEN_ADDR: cannot listen on {addr}")),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("choose another address in SOCKETMAP_LISTEN_ADDR"),
+        "{stderr}"
+    );
+}
+
+/// A state directory the user may not write names the setting and both ways
+/// out, once (as root, a directory below a regular file stands in for it).
+#[test]
+fn an_unusable_state_directory_says_how_to_fix_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let out = fixture_env(&mut adapter())
+        .env("SOCKETMAP_LISTEN_ADDR", "127.0.0.1:0")
+        .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
+        .env("POLICY_LISTEN_ADDR", "127.0.0.1:0")
+        .env("STATE_DIRECTORY", file.join("state"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("userli-postfix-adapter: STATE_DIRECTORY: "),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("Not a directory").count(), 1, "{stderr}");
+    assert!(stderr.contains("POLICY_LISTEN_ADDR=off"), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("Not a directory"),
+        "said once, on stderr: {stdout}"
+    );
+}
+
+/// `check-config | head -1`: the reader leaves early, the adapter does not panic.
+#[test]
+fn check_config_into_a_closed_pipe_exits_0() {
+    use std::io::Read;
+    let mut child = fixture_env(&mut adapter())
+        .arg("check-config")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Gone before the adapter has read its configuration, so its first write
+    // meets a closed pipe (EPIPE), as `head -1` leaves one behind.
+    drop(child.stdout.take());
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[tokio::test]

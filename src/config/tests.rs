@@ -90,7 +90,7 @@ fn errors_name_the_variable_and_origin() {
         (
             "LOG_LEVEL",
             "verbose",
-            "LOG_LEVEL (environment): unknown level",
+            "LOG_LEVEL (environment): unknown level \"verbose\" (use trace, debug, info, warn or error)",
         ),
         ("LOG_FORMAT", "xml", "LOG_FORMAT (environment)"),
         (

@@ -471,6 +471,12 @@ pub(crate) async fn open_store(
     if store.set_aside().is_some() {
         metrics.state_file_damaged("policy-windows");
     }
+    // The Redis store says itself whether it could connect.
+    tracing::info!(
+        store = "embedded",
+        directory = %config.policy.state_directory.display(),
+        "policy quota store ready"
+    );
     Ok(Arc::new(store))
 }
 

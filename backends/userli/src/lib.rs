@@ -624,14 +624,35 @@ fn redacted_url(url: &Url) -> String {
     url.to_string()
 }
 
-/// Maps a reqwest error to the backend's vocabulary, without the URL: it contains
-/// the looked-up address, and these errors end up in logs at error level.
+/// Maps a reqwest error to the backend's vocabulary: where it went (scheme, host
+/// and port only: the path holds the looked-up address, and these errors end up
+/// in logs at error level; the token is a header, never in the URL) and the whole
+/// cause chain, each cause once (`connection refused`, a DNS failure, a TLS
+/// error, ...), so the operator sees what failed.
 fn transport_error(err: reqwest::Error) -> BackendError {
     if err.is_timeout() {
-        BackendError::Timeout
-    } else {
-        BackendError::unavailable(err.without_url())
+        return BackendError::Timeout;
     }
+    let origin = err
+        .url()
+        .map(|u| u.origin().ascii_serialization())
+        .filter(|o| o != "null");
+    let err = err.without_url();
+    let mut text = err.to_string();
+    if let Some(origin) = origin {
+        text.push_str(" to ");
+        text.push_str(&origin);
+    }
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        let part = cause.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = cause.source();
+    }
+    BackendError::Unavailable(text.into())
 }
 
 /// Reads the body, refusing more than `limit` bytes.

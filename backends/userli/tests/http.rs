@@ -613,6 +613,14 @@ async fn connection_refused_is_unavailable_without_the_address() {
         Err(err @ BackendError::Unavailable(_)) => {
             let text = format!("{err} {err:?}");
             assert!(!text.contains("secret-user"), "address leaked: {text}");
+            // Where it went and why, each cause once: not just "error sending request".
+            let shown = err.to_string();
+            assert!(
+                shown.contains(&format!("error sending request to http://127.0.0.1:{port}")),
+                "{shown}"
+            );
+            assert!(shown.contains("Connection refused"), "{shown}");
+            assert_eq!(shown.matches("Connection refused").count(), 1, "{shown}");
         }
         other => panic!("{other:?}"),
     }
@@ -630,10 +638,16 @@ async fn https_uses_rustls_and_fails_cleanly_against_plain_http() {
     forbid_all_requests(&server).await;
     let port = server.address().port();
     let b = backend_at(&format!("https://127.0.0.1:{port}/"));
-    assert!(matches!(
-        b.domain_exists("example.org").await,
-        Err(BackendError::Unavailable(_))
-    ));
+    match b.domain_exists("example.org").await {
+        Err(err @ BackendError::Unavailable(_)) => {
+            let shown = err.to_string();
+            assert!(
+                shown.contains(&format!("to https://127.0.0.1:{port}: ")),
+                "the URL and a cause after it: {shown}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -19,7 +19,7 @@ impl LoggingSection {
             ConfigError::setting(
                 "LOG_LEVEL",
                 o,
-                format!("unknown level {v:?} (use debug, info, warn or error)"),
+                format!("unknown level {v:?} (use trace, debug, info, warn or error)"),
             )
         })?;
         let (v, o) = raw.required("LOG_FORMAT");
