@@ -212,8 +212,27 @@ impl LookupService {
         }
     }
 
-    /// Looks `key` up in `map`: the request path without parsing.
+    /// Looks `key` up in `map`: the request path without parsing. At debug level
+    /// one line per request says the map, the key (escaped), the answer and where
+    /// it came from (`cache`, `backend`, `stale`, or `none` when the key was
+    /// answered without asking), as the Go adapter logs its lookups.
     pub(crate) async fn lookup(&self, map: MapName, key: &[u8]) -> Reply {
+        if !tracing::enabled!(tracing::Level::DEBUG) {
+            return self.lookup_quietly(map, key).await;
+        }
+        let (reply, source) =
+            crate::cache::AnswerSource::track(self.lookup_quietly(map, key)).await;
+        tracing::debug!(
+            map = map.as_str(),
+            key = ?String::from_utf8_lossy(key),
+            answer = %String::from_utf8_lossy(&reply.render()),
+            source,
+            "lookup"
+        );
+        reply
+    }
+
+    async fn lookup_quietly(&self, map: MapName, key: &[u8]) -> Reply {
         let result = match map {
             MapName::Domain => match self.normalizer.domain(key) {
                 None => return Reply::NotFound,

@@ -91,6 +91,32 @@ impl HeapBytes for Vec<String> {
     }
 }
 
+tokio::task_local! {
+    static SOURCE: std::cell::Cell<&'static str>;
+}
+
+/// Where the answer of a request came from, for its debug log line: the cache
+/// notes it in the task making the request.
+#[derive(Debug)]
+pub(crate) struct AnswerSource;
+
+impl AnswerSource {
+    /// Runs `request` and returns its result with the source of its (last)
+    /// answer: `cache`, `backend`, `stale`, or `none` if nothing was asked.
+    pub(crate) async fn track<T>(request: impl Future<Output = T>) -> (T, &'static str) {
+        SOURCE
+            .scope(std::cell::Cell::new("none"), async {
+                let value = request.await;
+                (value, SOURCE.with(std::cell::Cell::get))
+            })
+            .await
+    }
+
+    fn note(source: &'static str) {
+        let _ = SOURCE.try_with(|s| s.set(source));
+    }
+}
+
 /// A value the cache can hold.
 pub(crate) trait Cacheable: HeapBytes + Clone + Send + Sync + 'static {
     /// Whether this is a "not found" answer (cached with the negative TTL).
@@ -360,9 +386,11 @@ where
                 Outcome::Hit
             };
             self.count(handler, result);
+            AnswerSource::note("cache");
             return Ok(entry.value.clone());
         }
 
+        AnswerSource::note("backend");
         let mut receiver = self.join_or_start(handler, key, fetch);
         let waited = tokio::time::timeout_at(
             started + self.settings.deadline,
@@ -382,6 +410,7 @@ where
             let age = entry.stored.elapsed();
             if age < self.ttl_of(&entry.value) + self.settings.stale_ttl {
                 self.count(handler, Outcome::Stale);
+                AnswerSource::note("stale");
                 return Ok(entry.value);
             }
         }

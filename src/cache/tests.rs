@@ -384,3 +384,19 @@ async fn a_call_in_flight_during_a_clear_neither_stores_nor_is_joined() {
     assert!(later.unwrap(), "the post-reload answer is the one cached");
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn the_source_of_each_answer_is_noted_for_the_request_log() {
+    let (c, _) = cache(CacheSettings {
+        positive_ttl: Duration::from_millis(30),
+        ..settings()
+    });
+    let calls = Arc::new(AtomicUsize::new(0));
+    let get = |answer| c.get("t", "k".to_owned(), fetch(&calls, Duration::ZERO, answer));
+    assert_eq!(AnswerSource::track(get(Ok(true))).await.1, "backend");
+    assert_eq!(AnswerSource::track(get(Ok(true))).await.1, "cache");
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let (answer, source) = AnswerSource::track(get(Err(()))).await;
+    assert_eq!((answer.unwrap(), source), (true, "stale"));
+    assert_eq!(AnswerSource::track(async {}).await.1, "none");
+}

@@ -123,7 +123,7 @@ pub const SETTINGS: &[Setting] = &[
         "LOG_LEVEL",
         Some("info"),
         true,
-        "`trace`, `debug`, `info`, `warn`, `error` (upstream's `dpanic`, `panic`, `fatal` mean `error`). Addresses appear only at `debug`.",
+        "`trace`, `debug`, `info`, `warn`, `error` (upstream's `dpanic`, `panic`, `fatal` mean `error`). Addresses appear only at `debug`, where every lookup logs one line: map, key, answer and where it came from (`cache`, `backend`, `stale`, or `none` when the key needed no question), as upstream does.",
     ),
     s(
         "LOG_FORMAT",

@@ -307,3 +307,86 @@ async fn keys_longer_than_any_valid_address_are_notfound_without_a_backend_call(
     assert_eq!(ask(&s, MapName::Mailbox, &longest).await, "NOTFOUND");
     assert_eq!(d.take_calls().len(), 1);
 }
+
+/// A log sink for the debug-line test.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Captured {
+    type Writer = Captured;
+    fn make_writer(&'w self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+#[tokio::test]
+async fn at_debug_level_every_request_logs_one_line_with_its_source() {
+    let sink = Captured::default();
+    let _guard = tracing::subscriber::set_default(crate::logging::json_subscriber(
+        crate::config::LogLevel::Debug,
+        sink.clone(),
+    ));
+    let directory = Arc::new(directory());
+    let cached: Arc<dyn LookupBackend> = Arc::new(crate::cache::CachedBackend::new(
+        directory.clone(),
+        crate::cache::CacheSettings {
+            positive_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(60),
+            stale_ttl: Duration::from_secs(60),
+            max_entries: 1000,
+            max_bytes: 1 << 20,
+            deadline: Duration::from_millis(300),
+            call_timeout: Duration::from_secs(1),
+        },
+        prometheus::IntCounterVec::new(prometheus::Opts::new("c", "c"), &["handler", "result"])
+            .unwrap(),
+    ));
+    let s = LookupService::new(
+        cached,
+        Normalizer::new("+"),
+        Duration::from_secs(1),
+        Metrics::new().unwrap(),
+    );
+    assert_eq!(ask(&s, MapName::Mailbox, "user@example.org").await, "OK 1");
+    assert_eq!(ask(&s, MapName::Mailbox, "user@example.org").await, "OK 1");
+    assert_eq!(ask(&s, MapName::Mailbox, "no at sign\n").await, "NOTFOUND");
+    let lines: Vec<serde_json::Value> = String::from_utf8(sink.0.lock().unwrap().clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["msg"] == "lookup")
+        .collect();
+    let seen: Vec<(&str, &str, &str)> = lines
+        .iter()
+        .map(|v| {
+            (
+                v["key"].as_str().unwrap(),
+                v["answer"].as_str().unwrap(),
+                v["source"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("\"user@example.org\"", "OK 1", "backend"),
+            ("\"user@example.org\"", "OK 1", "cache"),
+            ("\"no at sign\\n\"", "NOTFOUND", "none"),
+        ]
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|v| v["map"] == "mailbox" && v["logger"] == "lookup")
+    );
+}
