@@ -1,4 +1,6 @@
-//! The metrics and health endpoints: `/metrics`, `/health` (liveness), `/ready`.
+//! The metrics and health endpoints: `/metrics`, `/health` (liveness), `/ready`
+//! (upstream's: serving and the backend healthy) and `/serving` (this instance can
+//! serve: listeners up, not draining, whatever the backend's state).
 //!
 //! Bodies and status codes match upstream's so existing probes keep working;
 //! `/ready` also turns 503 while listeners are not up or the process is stopping.
@@ -28,6 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long `/ready` waits for the backend's health check (upstream: 2 s).
 pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the backend's health is checked in the background.
+pub(crate) const HEALTH_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How long one backend health answer serves every `/ready` asking.
 pub(crate) const READY_REUSE: Duration = Duration::from_secs(1);
 /// The longest a metrics connection lives: a client that stops reading a
@@ -142,6 +146,7 @@ pub(crate) fn router(state: HttpState) -> Router {
         .route("/metrics", any(metrics))
         .route("/health", any(health))
         .route("/ready", any(ready))
+        .route("/serving", any(serving))
         .fallback(not_found)
         .with_state(state)
 }
@@ -168,35 +173,81 @@ async fn health() -> Response {
     json(StatusCode::OK, &serde_json::json!({"status": "ok"}))
 }
 
-async fn ready(State(state): State<HttpState>) -> Response {
-    let unavailable = |why: String| {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"error": why, "status": "unavailable"}),
-        )
-    };
+fn unavailable(why: &str) -> Response {
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({"error": why, "status": "unavailable"}),
+    )
+}
+
+/// Why this instance cannot serve at all (not started, or draining), if so.
+fn not_serving(state: &HttpState) -> Option<&'static str> {
     if state.readiness.stopping.load(Ordering::SeqCst) {
-        return unavailable("shutting down".into());
+        Some("shutting down")
+    } else if !state.readiness.listening.load(Ordering::SeqCst) {
+        Some("listeners not started")
+    } else {
+        None
     }
-    if !state.readiness.listening.load(Ordering::SeqCst) {
-        return unavailable("listeners not started".into());
-    }
-    if let Some(breaker) = &state.breaker
-        && breaker.state() == BreakerState::Open
-    {
-        state.metrics.health_check_status.set(0);
-        return unavailable("circuit breaker open: the backend keeps failing".into());
-    }
-    match state.ready_check.health(state.backend.as_ref()).await {
-        Ok(()) => {
-            state.metrics.health_check_status.set(1);
-            json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
+}
+
+/// The backend's health as `/ready` and `health_check_status` report it: the
+/// breaker's verdict while it is open (no call), else the shared health check.
+pub(crate) async fn backend_health(state: &HttpState) -> Result<(), String> {
+    let health = match &state.breaker {
+        Some(breaker) if breaker.state() == BreakerState::Open => {
+            Err("circuit breaker open: the backend keeps failing".to_owned())
         }
+        _ => state.ready_check.health(state.backend.as_ref()).await,
+    };
+    state
+        .metrics
+        .health_check_status
+        .set(i64::from(health.is_ok()));
+    health
+}
+
+/// Checks the backend every [`HEALTH_CHECK_INTERVAL`] from start until `stop`, so
+/// `health_check_status` (and the alert on it) tells the truth without anyone
+/// calling `/ready`.
+pub(crate) async fn watch_backend_health(state: HttpState, stop: CancellationToken) {
+    let mut failing = false;
+    loop {
+        let health = backend_health(&state).await;
+        match (&health, failing) {
+            (Err(why), false) => tracing::warn!(error = %why, "backend health check failed"),
+            (Ok(()), true) => tracing::info!("backend health check passes again"),
+            _ => {}
+        }
+        failing = health.is_err();
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(HEALTH_CHECK_INTERVAL) => {}
+        }
+    }
+}
+
+/// Upstream's readiness: serving, and the backend healthy.
+async fn ready(State(state): State<HttpState>) -> Response {
+    if let Some(why) = not_serving(&state) {
+        return unavailable(why);
+    }
+    match backend_health(&state).await {
+        Ok(()) => json(StatusCode::OK, &serde_json::json!({"status": "ready"})),
         Err(why) => {
-            state.metrics.health_check_status.set(0);
             tracing::warn!(error = %why, "readiness check failed");
-            unavailable(why)
+            unavailable(&why)
         }
+    }
+}
+
+/// Whether this instance can serve (listeners up, not draining), whatever the
+/// backend's state: during a backend outage it still answers from its cache,
+/// so a load balancer should keep sending it mail lookups.
+async fn serving(State(state): State<HttpState>) -> Response {
+    match not_serving(&state) {
+        Some(why) => unavailable(why),
+        None => json(StatusCode::OK, &serde_json::json!({"status": "serving"})),
     }
 }
 
@@ -332,6 +383,57 @@ mod tests {
             ["health"],
             "a second later, a new check"
         );
+    }
+
+    #[tokio::test]
+    async fn serving_ignores_the_backend_and_follows_the_listeners() {
+        let down = || healthy().unhealthy(Fault::Other("connection refused".into()));
+        let (s, _, body) = get(state(down(), true), "/serving").await;
+        assert_eq!(
+            (s, body.as_str()),
+            (StatusCode::OK, "{\"status\":\"serving\"}\n"),
+            "a backend outage is no reason to take this instance out"
+        );
+        let (s, _, _) = get(state(down(), true), "/ready").await;
+        assert_eq!(
+            s,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "/ready stays upstream's"
+        );
+        let (s, _, body) = get(state(healthy(), false), "/serving").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("listeners not started"));
+        let st = state(healthy(), true);
+        st.readiness.set_stopping();
+        let (s, _, body) = get(st, "/serving").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("shutting down"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_health_gauge_follows_the_backend_without_any_probe() {
+        let backend = Arc::new(healthy());
+        let mut st = state(healthy(), true);
+        st.backend = backend.clone();
+        let stop = CancellationToken::new();
+        let watch = tokio::spawn(watch_backend_health(st.clone(), stop.clone()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(st.metrics.health_check_status.get(), 1, "checked at start");
+        tokio::time::sleep(HEALTH_CHECK_INTERVAL * 3).await;
+        let checks = backend.take_calls().len();
+        assert!((3..=5).contains(&checks), "{checks} checks in 3 intervals");
+        let mut down = state(healthy().unhealthy(Fault::Unavailable), true);
+        down.metrics = st.metrics.clone();
+        let watch_down = tokio::spawn(watch_backend_health(down, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(
+            st.metrics.health_check_status.get(),
+            0,
+            "a failing check says 0"
+        );
+        stop.cancel();
+        watch.await.unwrap();
+        watch_down.await.unwrap();
     }
 
     #[tokio::test]

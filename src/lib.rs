@@ -338,13 +338,18 @@ impl Server {
             metrics: &metrics,
             accept_loops: Vec::new(),
         };
-        let app = http::router(HttpState {
+        let http_state = HttpState {
             metrics: metrics.clone(),
             backend: service.backend().clone(),
             readiness: readiness.clone(),
             breaker: Some(breaker),
             ready_check: Arc::default(),
-        });
+        };
+        let health_watch = tokio::spawn(http::watch_backend_health(
+            http_state.clone(),
+            http_services.shutdown.clone(),
+        ));
+        let app = http::router(http_state);
         http_services.start(
             "metrics",
             http,
@@ -361,6 +366,7 @@ impl Server {
             flusher.finish().await;
         }
         http_services.stop(Duration::from_secs(5)).await;
+        let _ = health_watch.await;
     }
 }
 

@@ -243,6 +243,13 @@ async fn a_dead_api_keeps_known_keys_resolving() {
 #[tokio::test]
 async fn the_breaker_opens_answers_at_once_and_closes_after_a_good_probe() {
     let api = MockServer::start().await;
+    // The background health check runs from start; it is not a lookup and does
+    // not count against the breaker.
+    Mock::given(path("/api/postfix/domain/health-check.invalid"))
+        .respond_with(ResponseTemplate::new(503))
+        .with_priority(1)
+        .mount(&api)
+        .await;
     Mock::given(method("GET"))
         .respond_with(ResponseTemplate::new(503))
         .expect(3)

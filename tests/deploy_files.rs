@@ -165,7 +165,26 @@ fn compose_file_parses_and_wires_every_service() {
 fn kubernetes_example_parses_with_probes_secret_and_known_settings() {
     let docs = yaml_documents("deploy/kubernetes/userli-postfix-adapter.yaml");
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["Secret", "Deployment", "Service", "NetworkPolicy"]);
+    // No Secret: re-applying the manifest must never overwrite the real token.
+    assert_eq!(kinds, ["Deployment", "Service", "NetworkPolicy"]);
+    let secret = yaml_documents("deploy/kubernetes/secret.example.yaml");
+    assert_eq!(secret.len(), 1);
+    assert_eq!(secret[0]["kind"].as_str(), Some("Secret"));
+    let docs = [
+        secret[0].clone(),
+        docs[0].clone(),
+        docs[1].clone(),
+        docs[2].clone(),
+    ];
+    let volumes = docs[1]["spec"]["template"]["spec"]["volumes"]
+        .as_sequence()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == docs[0]["metadata"]["name"]),
+        "the Deployment mounts the Secret of that name"
+    );
     // Nothing leaves the cluster, and only Postfix pods reach the protocol ports.
     assert_eq!(docs[2]["spec"]["type"].as_str(), Some("ClusterIP"));
     let policy = &docs[3]["spec"];
@@ -194,9 +213,11 @@ fn kubernetes_example_parses_with_probes_secret_and_known_settings() {
         container["livenessProbe"]["httpGet"]["path"].as_str(),
         Some("/health")
     );
+    // Readiness means "can serve": /ready would take every replica out during a
+    // userli outage, when their cached answers should keep mail flowing.
     assert_eq!(
         container["readinessProbe"]["httpGet"]["path"].as_str(),
-        Some("/ready")
+        Some("/serving")
     );
     let env = container["env"].as_sequence().unwrap();
     assert!(env.len() >= 5, "the example configures the adapter");

@@ -247,3 +247,71 @@ async fn promtool_lints_live_metrics() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Every selector `name{label="value",...}` in `expr`: the metric (histogram
+/// suffixes kept) and its equality matchers (`=~`, `!=` and `!~` are skipped).
+fn selectors(expr: &str) -> Vec<(String, Vec<(String, String)>)> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find(PREFIX) {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
+            .unwrap_or(tail.len());
+        let name = tail[..end].to_owned();
+        let mut matchers = Vec::new();
+        if let Some(inner) = tail[end..]
+            .strip_prefix('{')
+            .and_then(|t| t.split_once('}'))
+        {
+            for part in inner.0.split(',') {
+                if let Some((k, v)) = part.split_once('=')
+                    && !k.ends_with('!')
+                    && !v.starts_with('~')
+                {
+                    matchers.push((k.trim().to_owned(), v.trim().trim_matches('"').to_owned()));
+                }
+            }
+        }
+        out.push((name, matchers));
+        rest = &tail[end..];
+    }
+    out
+}
+
+/// A dashboard panel or alert on a healthy system says 0, never "No data": every
+/// series they select exists in `/metrics` from the start, before any traffic.
+#[tokio::test]
+async fn every_series_the_dashboard_and_alerts_select_exists_on_a_fresh_adapter() {
+    // The userli backend, as deployed (its HTTP client has series of its own).
+    let userli = wiremock::MockServer::start().await;
+    let adapter = Adapter::spawn(&[
+        ("USERLI_TOKEN", "t"),
+        ("USERLI_BASE_URL", &userli.uri()),
+        ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
+    ]);
+    let (status, body) = http_get(adapter.metrics.parse().unwrap(), "/metrics").await;
+    assert_eq!(status, 200);
+    let samples: Vec<&str> = body.lines().filter(|l| !l.starts_with('#')).collect();
+    let dashboard: serde_json::Value = serde_json::from_str(&read(&dashboard_path())).unwrap();
+    let mut exprs = dashboard_exprs(&dashboard);
+    exprs.push(read(&alerts_path()));
+    let mut checked = 0;
+    for expr in &exprs {
+        for (name, matchers) in selectors(expr) {
+            let found = samples.iter().any(|line| {
+                line.strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+                    && matchers
+                        .iter()
+                        .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+            });
+            assert!(
+                found,
+                "no series {name}{matchers:?} on a fresh adapter (used in {expr})"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 30, "only {checked} selectors found");
+}

@@ -918,6 +918,25 @@ mod tests {
     }
 
     #[test]
+    fn every_endpoint_label_is_initialised() {
+        for endpoint in [
+            Endpoint::Alias,
+            Endpoint::Domain,
+            Endpoint::Mailbox,
+            Endpoint::Senders,
+            Endpoint::SmtpQuota,
+            Endpoint::Auth,
+            Endpoint::Health,
+        ] {
+            assert!(
+                metrics::ENDPOINT_LABELS.contains(&endpoint.label()),
+                "{}",
+                endpoint.label()
+            );
+        }
+    }
+
+    #[test]
     fn auth_reasons() {
         for known in USERLI_AUTH_REASONS {
             // Passed unchanged even when the password happens to be a word of it.

@@ -13,6 +13,17 @@ const BUCKETS: &[f64] = &[
 
 const LABELS: &[&str] = &["endpoint", "status_code"];
 
+/// The `endpoint` label of every route the backend calls.
+pub(crate) const ENDPOINT_LABELS: [&str; 7] = [
+    "alias",
+    "domain",
+    "mailbox",
+    "senders",
+    "smtp_quota",
+    "auth",
+    "health",
+];
+
 /// The label used when no HTTP status was received (transport error, timeout, or
 /// the call was cancelled by the engine's deadline), as upstream does.
 pub(crate) const STATUS_ERROR: &str = "error";
@@ -43,6 +54,12 @@ impl Metrics {
         if let Some(registry) = registry {
             registry.register(Box::new(duration.clone()))?;
             registry.register(Box::new(requests.clone()))?;
+        }
+        // Every endpoint's "200" series exists from the start, at 0, so dashboards
+        // show 0 rather than "No data" before the first call.
+        for endpoint in ENDPOINT_LABELS {
+            duration.with_label_values(&[endpoint, "200"]);
+            requests.with_label_values(&[endpoint, "200"]);
         }
         Ok(Self { duration, requests })
     }

@@ -434,6 +434,8 @@ async fn requests_are_counted_under_the_auth_label() {
                 .collect();
             (labels.join(","), m.get_counter().get_value() as u64)
         })
+        // Every endpoint's "200" series starts at 0; only counted calls matter.
+        .filter(|(_, n)| *n > 0)
         .collect();
     assert_eq!(
         samples,

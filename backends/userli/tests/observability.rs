@@ -28,8 +28,16 @@ fn backend(base: &str, registry: &Registry) -> UserliBackend {
     .unwrap()
 }
 
-/// `(endpoint, status_code) -> value` of the counter, and the histogram's sample counts.
+/// `(endpoint, status_code) -> value` of the counter, and the histogram's sample
+/// counts; the series every endpoint starts with at 0 are left out.
 fn series(families: &[MetricFamily], name: &str) -> Vec<(String, String, u64)> {
+    let mut out = all_series(families, name);
+    out.retain(|(_, _, n)| *n > 0);
+    out
+}
+
+/// Every series of `name`, zeros included.
+fn all_series(families: &[MetricFamily], name: &str) -> Vec<(String, String, u64)> {
     let family = families
         .iter()
         .find(|f| f.name() == name)
@@ -124,6 +132,29 @@ async fn requests_are_counted_by_endpoint_and_status() {
     let buckets = histogram.get_metric()[0].get_histogram().get_bucket();
     assert_eq!(buckets.first().unwrap().upper_bound(), 0.001);
     assert!(buckets.last().unwrap().upper_bound() >= 30.0);
+}
+
+/// Dashboards show 0, not "No data", before the first call.
+#[test]
+fn every_endpoint_has_a_series_at_zero_from_the_start() {
+    let registry = Registry::new();
+    let _b = backend("http://127.0.0.1:9/", &registry);
+    for name in [COUNTER, HISTOGRAM] {
+        let got = all_series(&registry.gather(), name);
+        let want: Vec<_> = [
+            "alias",
+            "auth",
+            "domain",
+            "health",
+            "mailbox",
+            "senders",
+            "smtp_quota",
+        ]
+        .into_iter()
+        .map(|e| s(e, "200", 0))
+        .collect();
+        assert_eq!(got, want, "{name}");
+    }
 }
 
 #[tokio::test]
