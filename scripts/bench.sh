@@ -37,7 +37,8 @@ if [ "$(ulimit -n)" != unlimited ] && [ "$(ulimit -n)" -lt $((IDLE_CONNECTIONS +
 fi
 
 echo "bench: building (release)..." >&2
-cargo build --release --quiet -p postfix-adapter-tools --bin loadgen && cargo build --release --quiet --bin userli-postfix-adapter
+cargo build --release -p postfix-adapter-tools --bin loadgen
+cargo build --release --bin userli-postfix-adapter
 L=target/release/loadgen
 ADAPTER=target/release/userli-postfix-adapter
 

@@ -16,7 +16,8 @@
 #
 # A finding is minimised and copied to fuzz/regressions/<target>/, where
 # `cargo test --test fuzz_regressions` replays it from then on; the script then
-# exits 1. A clean run appends one line to fuzz/runs.log.
+# exits 1. A clean run appends one line to target/fuzz/runs.log; with
+# FUZZ_RECORD=1 to the committed fuzz/runs.log instead (the project's record).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,7 +28,7 @@ TARGETS=("$@")
 
 if ! cargo fuzz --version >/dev/null 2>&1; then
     echo "fuzz: installing cargo-fuzz..." >&2
-    cargo install --locked --quiet cargo-fuzz
+    cargo install --locked cargo-fuzz
 fi
 
 cd fuzz
@@ -65,5 +66,11 @@ if [ ${#failed[@]} -gt 0 ]; then
     echo "fuzz: FINDINGS in ${failed[*]}: inputs copied to fuzz/regressions/; fix, then commit them" >&2
     exit 1
 fi
-echo "$(date -u +%F) ${SECONDS_PER_TARGET}s x ${#TARGETS[@]} targets (${TARGETS[*]}): clean, $total_runs executions" >> runs.log
-echo "fuzz: all clean ($total_runs executions); logged to fuzz/runs.log" >&2
+if [ "${FUZZ_RECORD:-0}" = 1 ]; then
+    runs_log=runs.log
+else
+    mkdir -p ../target/fuzz
+    runs_log=../target/fuzz/runs.log
+fi
+echo "$(date -u +%F) ${SECONDS_PER_TARGET}s x ${#TARGETS[@]} targets (${TARGETS[*]}): clean, $total_runs executions" >> "$runs_log"
+echo "fuzz: all clean ($total_runs executions); logged to ${runs_log#../}" >&2

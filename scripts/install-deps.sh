@@ -1,21 +1,38 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the adapter's demo and test suite use, if missing.
 #   --postfix-only: postfix (postmap), swaks, curl (the demo itself needs none)
+#   --soak: python3-matplotlib only (scripts/soak.sh draws its plots with it)
 #   tests: also redis-server, openssl (certificates for the rediss:// tests),
 #          prometheus (promtool, for tests/operator_kit.rs) and systemd
 #          (systemd-analyze, for tests/deploy_files.rs)
 set -euo pipefail
 
+# What each use needs, by the command (or Python module) that shows it is there.
+case "${1:-}" in
+  --soak) wanted=(matplotlib) ;;
+  --postfix-only) wanted=(postmap swaks curl) ;;
+  *) wanted=(postmap swaks curl redis-server openssl promtool systemd-analyze) ;;
+esac
+package_of() {
+  case "$1" in
+    postmap) echo postfix ;;
+    promtool) echo prometheus ;;
+    systemd-analyze) echo systemd ;;
+    matplotlib) echo python3-matplotlib ;;
+    *) echo "$1" ;;
+  esac
+}
+present() {
+  if [ "$1" = matplotlib ]; then
+    python3 -c 'import matplotlib' >/dev/null 2>&1
+  else
+    command -v "$1" >/dev/null 2>&1
+  fi
+}
 missing=()
-command -v postmap >/dev/null 2>&1 || missing+=(postfix)
-command -v swaks >/dev/null 2>&1 || missing+=(swaks)
-command -v curl >/dev/null 2>&1 || missing+=(curl)
-if [ "${1:-}" != "--postfix-only" ]; then
-  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-  command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
-  command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
-fi
+for want in "${wanted[@]}"; do
+  present "$want" || missing+=("$(package_of "$want")")
+done
 [ ${#missing[@]} -eq 0 ] && exit 0
 
 sudo=""

@@ -51,7 +51,8 @@ async fn only_allowed_networks_get_in_on_every_listener() {
     let mut config = loopback_config(Config::for_fixture(demo_fixture()));
     config.listeners.policy = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
     config.listeners.sasl = Some(ListenAddr::parse("127.0.0.1:0").unwrap());
-    config.policy.state_directory = tempfile::tempdir().unwrap().keep();
+    let state = tempfile::tempdir().unwrap();
+    config.policy.state_directory = state.path().to_owned();
     config.listeners.allowed_clients = AllowedClients::parse("127.0.0.2/32").unwrap();
     let metrics = Metrics::new().unwrap();
     let backend = userli_postfix_adapter::backend::build_backend(&config, &metrics).unwrap();

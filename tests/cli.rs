@@ -277,7 +277,12 @@ fn wait_with_limit(child: &mut std::process::Child) -> std::process::ExitStatus 
 
 /// `systemd-socket-activate` (package systemd) listening on `sockets` with `names`,
 /// starting the adapter on the first connection with `env`.
-fn socket_activated(sockets: &[String], names: &str, env: &[(&str, &str)]) -> std::process::Child {
+fn socket_activated(
+    state: &std::path::Path,
+    sockets: &[String],
+    names: &str,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let mut cmd = Command::new("systemd-socket-activate");
     for socket in sockets {
         cmd.arg("-l").arg(socket);
@@ -285,7 +290,6 @@ fn socket_activated(sockets: &[String], names: &str, env: &[(&str, &str)]) -> st
     cmd.arg(format!("--fdname={names}"));
     let fixture = demo_fixture();
     let fixture = format!("FIXTURE_PATH={}", fixture.display());
-    let state = std::env::temp_dir().join(format!("upa-activation-{}", std::process::id()));
     let state = format!("STATE_DIRECTORY={}", state.display());
     for var in [
         "LOOKUP_BACKEND=fixture",
@@ -327,6 +331,7 @@ async fn socket_activation_serves_the_sockets_systemd_passes_and_leaves_them_in_
     let tcp = free_loopback_addr().to_string();
     let sasl = dir.path().join("auth");
     let mut child = socket_activated(
+        &dir.path().join("state"),
         &[tcp.clone(), sasl.display().to_string()],
         "socketmap:sasl",
         &[
@@ -362,6 +367,7 @@ async fn socket_activation_serves_the_sockets_systemd_passes_and_leaves_them_in_
     // A name systemd did not pass is a start-up error naming it and what was passed.
     let tcp = free_loopback_addr().to_string();
     let mut child = socket_activated(
+        &dir.path().join("state"),
         std::slice::from_ref(&tcp),
         "socketmap",
         &[

@@ -134,6 +134,7 @@ fn check_config(userli: &str, redis_url: &str) -> String {
         .env("USERLI_TOKEN", TOKEN)
         .env("USERLI_BASE_URL", userli)
         .env("REDIS_URL", redis_url)
+        // check-config only validates it; nothing is written.
         .env("STATE_DIRECTORY", std::env::temp_dir())
         .output()
         .unwrap();

@@ -229,6 +229,8 @@ pub struct Adapter {
     pub lines: std::sync::mpsc::Receiver<String>,
     /// The log lines read while waiting for the listeners.
     pub startup: Vec<serde_json::Value>,
+    /// The default state directory, removed with the adapter.
+    _state: tempfile::TempDir,
 }
 
 impl Adapter {
@@ -237,15 +239,16 @@ impl Adapter {
     /// `env` sets `SASL_LISTEN_ADDR`.
     pub fn spawn(env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
+        let state = tempfile::Builder::new()
+            .prefix("upa-test-")
+            .tempdir()
+            .expect("a state directory");
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_userli-postfix-adapter"));
         cmd.env_clear()
             .env("SOCKETMAP_LISTEN_ADDR", "127.0.0.1:0")
             .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")
             .env("POLICY_LISTEN_ADDR", "127.0.0.1:0")
-            .env(
-                "STATE_DIRECTORY",
-                std::env::temp_dir().join(format!("upa-test-{}", std::process::id())),
-            )
+            .env("STATE_DIRECTORY", state.path())
             .env("LOG_FORMAT", "json")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit());
@@ -295,6 +298,7 @@ impl Adapter {
             sasl,
             lines,
             startup,
+            _state: state,
         }
     }
 

@@ -10,11 +10,9 @@ use std::sync::OnceLock;
 fn config_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = tempfile::Builder::new()
-            .prefix("postmap-config-")
-            .tempdir()
-            .expect("create a tempdir")
-            .keep();
+        // One fixed directory under target/ for every run: nothing piles up in /tmp.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("postmap-config");
+        std::fs::create_dir_all(&dir).expect("create the postmap config directory");
         std::fs::write(dir.join("main.cf"), "compatibility_level = 3.6\n").expect("write main.cf");
         dir
     })
