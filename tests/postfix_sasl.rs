@@ -435,3 +435,99 @@ fn sender_login_maps_come_from_the_senders_socketmap() {
     let reply = t.rcpt_reply();
     assert!(reply.contains("Relay access denied"), "{reply}\n{}", t.text);
 }
+
+/// Drops to `nobody` (no supplementary groups), as a service user would run.
+const AS_NOBODY: [&str; 4] = [
+    "setpriv",
+    "--reuid=65534",
+    "--regid=65534",
+    "--clear-groups",
+];
+
+/// The SASL socket setup docs/postfix-guide.md and the systemd unit document, as
+/// written, for an unprivileged adapter: Postfix's own `private/` directory
+/// (Debian: `drwx------ postfix`) refuses it, as it refused the setup documented
+/// before; the adapter's own directory in the spool, `install -d -o <adapter user>
+/// -g postfix -m 2750`, works: the socket gets the group `postfix` from the setgid
+/// directory, mode 0660, and Postfix's smtpd authenticates through it.
+#[test]
+#[ignore = "needs postfix and swaks, and root to drop to nobody"]
+fn the_documented_unix_socket_setup_works_for_an_unprivileged_adapter() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let socketmap = format!("127.0.0.1:{}", private_postfix::free_port());
+    let main_cf = sasl_main_cf(&socketmap, "x").replace(
+        "smtpd_sasl_path = inet:x",
+        "smtpd_sasl_path = userli-postfix-adapter/auth",
+    );
+    let demo = common::demo_fixture();
+    let env = |sasl: &str| {
+        vec![
+            ("LOOKUP_BACKEND".to_owned(), "fixture".to_owned()),
+            ("FIXTURE_PATH".to_owned(), demo.display().to_string()),
+            ("SOCKETMAP_LISTEN_ADDR".to_owned(), socketmap.clone()),
+            ("METRICS_LISTEN_ADDR".to_owned(), "127.0.0.1:0".to_owned()),
+            ("POLICY_LISTEN_ADDR".to_owned(), "off".to_owned()),
+            ("SASL_LISTEN_ADDR".to_owned(), sasl.to_owned()),
+            ("SASL_FAILURE_DELAY".to_owned(), "0".to_owned()),
+        ]
+    };
+    let postfix_gid = group_id("postfix");
+    let mut adapter = None;
+    // Before smtpd starts (it connects to the auth socket as it does).
+    let postfix = PrivatePostfix::start_after(&socketmap, &main_cf, &mut |queue| {
+        let private = std::fs::metadata(queue.join("private")).unwrap();
+        assert_eq!(
+            private.mode() & 0o777,
+            0o700,
+            "Debian's private/ permissions"
+        );
+
+        // Postfix's private/: no other user may create anything there.
+        let refused = std::process::Command::new(AS_NOBODY[0])
+            .args(&AS_NOBODY[1..])
+            .arg(env!("CARGO_BIN_EXE_userli-postfix-adapter"))
+            .env_clear()
+            .envs(env(&queue.join("private/auth").display().to_string()))
+            .output()
+            .unwrap();
+        assert_eq!(refused.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            stderr.contains("SASL_LISTEN_ADDR") && stderr.contains("Permission denied"),
+            "{stderr}"
+        );
+
+        // The documented directory of the adapter's own.
+        let own = queue.join("userli-postfix-adapter");
+        std::fs::create_dir(&own).unwrap();
+        std::os::unix::fs::chown(&own, Some(65534), Some(postfix_gid)).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o2750)).unwrap();
+        let socket = own.join("auth");
+        let vars = env(&socket.display().to_string());
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let spawned = Adapter::spawn_wrapped(&AS_NOBODY, &vars);
+        assert!(spawned.sasl.is_some(), "the SASL socket is up");
+        let meta = std::fs::metadata(&socket).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o777),
+            (65534, postfix_gid, 0o660),
+            "owned by the adapter, group postfix, 0660"
+        );
+        adapter = Some(spawned);
+    });
+    let t = auth(&postfix, "PLAIN", "user@example.org", PASSWORD, &[]);
+    assert_auth_ok(&t, "through the documented UNIX socket");
+    drop(adapter);
+}
+
+/// The numeric id of group `name` (from /etc/group).
+fn group_id(name: &str) -> u32 {
+    std::fs::read_to_string("/etc/group")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let mut fields = l.split(':');
+            (fields.next() == Some(name)).then(|| fields.nth(1)?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no group {name}"))
+}

@@ -269,7 +269,7 @@ pub const SETTINGS: &[Setting] = &[
         "SASL_LISTEN_ADDR",
         Some(""),
         true,
-        "Dovecot-protocol SMTP AUTH listener (empty: off, as upstream), e.g. `/var/spool/postfix/private/auth` or `127.0.0.1:10004`.",
+        "Dovecot-protocol SMTP AUTH listener (empty: off, as upstream), e.g. `/var/spool/postfix/userli-postfix-adapter/auth` (a directory of the adapter's own in Postfix's chroot, group `postfix`, mode 2750; see docs/postfix-guide.md) or `127.0.0.1:10004`.",
     ),
     s(
         "SASL_FAILURE_DELAY",

@@ -238,12 +238,26 @@ impl Adapter {
     /// the socketmap and metrics listeners are up, and the SASL listener too when
     /// `env` sets `SASL_LISTEN_ADDR`.
     pub fn spawn(env: &[(&str, &str)]) -> Self {
+        Self::spawn_wrapped(&[], env)
+    }
+
+    /// [`Self::spawn`], with the binary run through `wrapper` (a command and its
+    /// arguments, e.g. `setpriv` dropping to another user); empty: directly.
+    pub fn spawn_wrapped(wrapper: &[&str], env: &[(&str, &str)]) -> Self {
         use std::io::BufRead;
         let state = tempfile::Builder::new()
             .prefix("upa-test-")
             .tempdir()
             .expect("a state directory");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_userli-postfix-adapter"));
+        let binary = env!("CARGO_BIN_EXE_userli-postfix-adapter");
+        let mut cmd = match wrapper.split_first() {
+            None => std::process::Command::new(binary),
+            Some((program, args)) => {
+                let mut cmd = std::process::Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+        };
         cmd.env_clear()
             .env("SOCKETMAP_LISTEN_ADDR", "127.0.0.1:0")
             .env("METRICS_LISTEN_ADDR", "127.0.0.1:0")

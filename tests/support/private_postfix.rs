@@ -62,7 +62,18 @@ impl PrivatePostfix {
         extra_main_cf: &str,
         smtpd_maxproc: Option<u32>,
     ) -> Self {
-        Self::launch(socketmap, extra_main_cf, smtpd_maxproc, None)
+        Self::launch(socketmap, extra_main_cf, smtpd_maxproc, None, &mut |_| {})
+    }
+
+    /// Like [`Self::start_with`], running `before_start` with the queue directory
+    /// once its layout exists and before any Postfix daemon runs (to put a socket
+    /// there that smtpd connects to as it starts).
+    pub(crate) fn start_after(
+        socketmap: &str,
+        extra_main_cf: &str,
+        before_start: &mut dyn FnMut(&Path),
+    ) -> Self {
+        Self::launch(socketmap, extra_main_cf, None, None, before_start)
     }
 
     /// Like [`Self::start_with`], but accepted mail is really delivered: Postfix's
@@ -80,7 +91,7 @@ impl PrivatePostfix {
         extra_main_cf: &str,
         mailboxes: &[&str],
     ) -> Self {
-        Self::launch(socketmap, extra_main_cf, None, Some(mailboxes))
+        Self::launch(socketmap, extra_main_cf, None, Some(mailboxes), &mut |_| {})
     }
 
     /// The messages delivered to the Maildir of `local@domain` (instances from
@@ -113,6 +124,7 @@ impl PrivatePostfix {
         extra_main_cf: &str,
         smtpd_maxproc: Option<u32>,
         deliver_to: Option<&[&str]>,
+        before_start: &mut dyn FnMut(&Path),
     ) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("private-postfix-")
@@ -180,6 +192,8 @@ impl PrivatePostfix {
             std::fs::read_to_string(dir.path().join("maillog")).unwrap_or_default()
         );
 
+        before_start(&queue);
+
         let daemon_dir = postconf_default("daemon_directory");
         let master = Command::new(Path::new(&daemon_dir).join("master"))
             .arg("-c")
@@ -193,6 +207,12 @@ impl PrivatePostfix {
         let mut postfix = Self { dir, master, port };
         postfix.wait_for_banner();
         postfix
+    }
+
+    /// The queue directory (Postfix's chroot and the base of relative paths such
+    /// as `smtpd_sasl_path`), as `/var/spool/postfix` is on a Debian system.
+    pub(crate) fn queue_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("queue")
     }
 
     /// Everything the instance logged so far.
