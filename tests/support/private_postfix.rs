@@ -68,6 +68,8 @@ impl PrivatePostfix {
     /// Like [`Self::start_with`], running `before_start` with the queue directory
     /// once its layout exists and before any Postfix daemon runs (to put a socket
     /// there that smtpd connects to as it starts).
+    // Only some of the test binaries that include this module use it.
+    #[allow(dead_code)]
     pub(crate) fn start_after(
         socketmap: &str,
         extra_main_cf: &str,
@@ -207,12 +209,6 @@ impl PrivatePostfix {
         let mut postfix = Self { dir, master, port };
         postfix.wait_for_banner();
         postfix
-    }
-
-    /// The queue directory (Postfix's chroot and the base of relative paths such
-    /// as `smtpd_sasl_path`), as `/var/spool/postfix` is on a Debian system.
-    pub(crate) fn queue_dir(&self) -> std::path::PathBuf {
-        self.dir.path().join("queue")
     }
 
     /// Everything the instance logged so far.
