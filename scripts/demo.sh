@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "demo: building the adapter (release; the first build takes a few minutes)..." >&2
 cargo build --release --locked --bin userli-postfix-adapter
-adapter=target/release/userli-postfix-adapter
+adapter="${CARGO_TARGET_DIR:-target}/release/userli-postfix-adapter"
 
 export LOOKUP_BACKEND=fixture
 export FIXTURE_PATH="${FIXTURE_PATH:-examples/fixtures/demo.toml}"
@@ -27,7 +27,11 @@ for question in "mailbox user@example.org" "mailbox user+tag@example.org" \
   "domain example.org" "alias alias@example.org" "senders alias@example.org" \
   "mailbox nobody@example.org"; do
   # shellcheck disable=SC2086 # MAP and KEY are two words on purpose
-  answer="$("$adapter" query $question 2>/dev/null || true)"
+  # Exit 1 is NOTFOUND, an answer too; anything else shows what went wrong.
+  answer="$("$adapter" query $question 2>/tmp/demo-query.err)" || {
+    rc=$?
+    [ "$rc" = 1 ] || answer="query failed (exit $rc): $(tail -1 /tmp/demo-query.err)"
+  }
   printf '  %-30s %s\n' "$question" "$answer" >&2
 done
 
