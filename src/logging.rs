@@ -259,13 +259,16 @@ where
         .finish()
 }
 
+/// A log sink for tests that read what a subscriber wrote.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod capture {
     use std::sync::{Arc, Mutex};
 
+    use tracing_subscriber::fmt::MakeWriter;
+
+    /// Everything written, shared by its clones.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Captured(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl std::io::Write for Captured {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -283,6 +286,13 @@ mod tests {
             self.clone()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use super::capture::Captured;
 
     #[test]
     fn no_field_can_start_a_new_line() {

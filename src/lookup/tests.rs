@@ -308,30 +308,9 @@ async fn keys_longer_than_any_valid_address_are_notfound_without_a_backend_call(
     assert_eq!(d.take_calls().len(), 1);
 }
 
-/// A log sink for the debug-line test.
-#[derive(Clone, Default)]
-struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'w> tracing_subscriber::fmt::MakeWriter<'w> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'w self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn at_debug_level_every_request_logs_one_line_with_its_source() {
-    let sink = Captured::default();
+    let sink = crate::logging::capture::Captured::default();
     let _guard = tracing::subscriber::set_default(crate::logging::json_subscriber(
         crate::config::LogLevel::Debug,
         sink.clone(),
