@@ -91,12 +91,17 @@ pub async fn reload(backend: &dyn LookupBackend, metrics: &Metrics) -> bool {
 }
 
 /// Wraps `backend` in the breaker, the concurrency limit and the cache, in that
-/// order from the inside out.
-pub fn protect(
+/// order from the inside out; also returns the breaker and the cache itself (for
+/// its snapshot).
+pub(crate) fn protect(
     backend: Arc<dyn LookupBackend>,
     config: &Config,
     metrics: &Metrics,
-) -> (Arc<dyn LookupBackend>, Arc<CircuitBreaker>) {
+) -> (
+    Arc<dyn LookupBackend>,
+    Arc<CircuitBreaker>,
+    Arc<CachedBackend>,
+) {
     let breaker = Arc::new(CircuitBreaker::new(
         config.lookups.breaker_failures,
         config.lookups.breaker_cooldown,
@@ -114,5 +119,5 @@ pub fn protect(
         settings,
         metrics.lookup_cache.clone(),
     ));
-    (cached, breaker)
+    (cached.clone(), breaker, cached)
 }

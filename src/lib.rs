@@ -140,6 +140,8 @@ pub struct Server {
     http: Vec<BoundListener>,
     policy: Option<(Arc<PolicyService>, Vec<BoundListener>)>,
     sasl: Option<(Arc<SaslService>, Vec<BoundListener>)>,
+    /// The lookup cache's snapshot in the state directory, when kept.
+    cache_persistence: Option<Arc<cache::persist::CachePersistence>>,
 }
 
 /// The server cannot start.
@@ -199,7 +201,7 @@ impl Server {
         // Password checks go to the bare backend through their own breaker and
         // slots (see `sasl`): a login flood must never starve lookups.
         let auth_backend = backend.clone();
-        let (backend, breaker) = backend::protect(backend, &config, &metrics);
+        let (backend, breaker, cache) = backend::protect(backend, &config, &metrics);
         let policy = match policy_listeners {
             None => None,
             Some(listeners) => {
@@ -208,6 +210,16 @@ impl Server {
                 Some((Arc::new(service), listeners))
             }
         };
+        // Loaded before any listener serves, so stale answers are there from the
+        // first request; after the quota store, whose trouble with the state
+        // directory is fatal and said first.
+        let cache_persistence = (config.lookups.cache_persist
+            && config.lookups.cache_settings().enabled())
+        .then(|| {
+            cache::persist::CachePersistence::open(&config.policy.state_directory, cache, &metrics)
+        })
+        .flatten()
+        .map(Arc::new);
         let sasl = match sasl_listeners {
             None => None,
             Some(listeners) => {
@@ -235,6 +247,7 @@ impl Server {
             http,
             policy,
             sasl,
+            cache_persistence,
         })
     }
 
@@ -288,6 +301,7 @@ impl Server {
             http,
             policy,
             sasl,
+            cache_persistence,
         } = self;
         let mut services = server::Services {
             shutdown: CancellationToken::new(),
@@ -356,6 +370,11 @@ impl Server {
             HttpHandler::new(app, config.listeners.io_timeout),
             ConnectionMetrics::http(&metrics),
         );
+        let snapshots = cache_persistence.map(|persistence| {
+            let stop_saving = CancellationToken::new();
+            let saver = tokio::spawn(persistence.clone().save_periodically(stop_saving.clone()));
+            (persistence, stop_saving, saver)
+        });
         readiness.set_listening();
 
         shutdown.await;
@@ -367,6 +386,12 @@ impl Server {
         }
         http_services.stop(Duration::from_secs(5)).await;
         let _ = health_watch.await;
+        if let Some((persistence, stop_saving, saver)) = snapshots {
+            stop_saving.cancel();
+            let _ = saver.await;
+            // What was learnt up to the last request survives the restart.
+            persistence.save().await;
+        }
     }
 }
 

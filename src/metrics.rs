@@ -194,7 +194,9 @@ impl Metrics {
             ))?,
             registry,
         };
-        m.state_files_damaged.with_label_values(&["policy-windows"]);
+        for file in ["policy-windows", "lookup-cache"] {
+            m.state_files_damaged.with_label_values(&[file]);
+        }
         // Every series with a known label set starts at zero, so dashboards and
         // alerts see "none yet" rather than "no data".
         for listener in ["socketmap", "policy", "sasl", "metrics"] {

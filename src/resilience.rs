@@ -14,7 +14,7 @@ use tokio::sync::Semaphore;
 
 /// Breaker states, also the values of the `circuit_breaker_state` gauge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BreakerState {
+pub(crate) enum BreakerState {
     /// Calls go through.
     Closed = 0,
     /// Calls fail at once until the cool-down is over.
@@ -32,7 +32,7 @@ struct BreakerInner {
 
 /// A consecutive-failure circuit breaker.
 #[derive(Debug)]
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     threshold: u32,
     cooldown: Duration,
     inner: Mutex<BreakerInner>,
@@ -42,14 +42,14 @@ pub struct CircuitBreaker {
 /// Permission to make one call; report how it went with [`CircuitBreaker::record`].
 #[derive(Debug)]
 #[must_use]
-pub struct CallPermit {
+pub(crate) struct CallPermit {
     probe: bool,
 }
 
 impl CircuitBreaker {
     /// Opens after `threshold` consecutive failures (0 disables the breaker) for
     /// `cooldown`; the state is mirrored on `gauge`.
-    pub fn new(threshold: u32, cooldown: Duration, gauge: IntGauge) -> Self {
+    pub(crate) fn new(threshold: u32, cooldown: Duration, gauge: IntGauge) -> Self {
         gauge.set(BreakerState::Closed as i64);
         Self {
             threshold,
@@ -68,7 +68,7 @@ impl CircuitBreaker {
     }
 
     /// The current state.
-    pub fn state(&self) -> BreakerState {
+    pub(crate) fn state(&self) -> BreakerState {
         let inner = self.lock();
         match inner.open_until {
             None => BreakerState::Closed,
@@ -79,7 +79,7 @@ impl CircuitBreaker {
     }
 
     /// `Some` when a call may go to the backend now.
-    pub fn try_call(&self) -> Option<CallPermit> {
+    pub(crate) fn try_call(&self) -> Option<CallPermit> {
         self.try_call_at(Instant::now())
     }
 
@@ -97,7 +97,7 @@ impl CircuitBreaker {
     }
 
     /// Records the outcome of a permitted call.
-    pub fn record(&self, permit: CallPermit, success: bool) {
+    pub(crate) fn record(&self, permit: CallPermit, success: bool) {
         self.record_at(permit, success, Instant::now());
     }
 

@@ -352,3 +352,69 @@ async fn backend_concurrency_is_limited() {
     );
     server.shutdown().await;
 }
+
+/// The cache survives a restart during an outage: answers learnt before are
+/// served (stale) by the restarted adapter while userli is down, an unseen key
+/// gets TEMP, and once userli answers again its fresh answers win. The snapshot
+/// is private (0600).
+#[tokio::test]
+async fn cached_answers_survive_a_restart_during_an_outage() {
+    use std::os::unix::fs::PermissionsExt;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap().to_owned();
+    let persist = [
+        ("LOOKUP_CACHE_PERSIST", "true"),
+        ("STATE_DIRECTORY", state_dir.as_str()),
+    ];
+    let api = MockServer::start().await;
+    Mock::given(path("/api/postfix/mailbox/user@example.org"))
+        .respond_with(ok_json(serde_json::json!(true)))
+        .mount(&api)
+        .await;
+    Mock::given(path("/api/postfix/alias/alias@example.org"))
+        .respond_with(ok_json(serde_json::json!(["user@example.org"])))
+        .mount(&api)
+        .await;
+    let server = start_userli(&api.uri(), &persist).await;
+    let mut c = Client::tcp(server.tcp()).await;
+    assert_eq!(c.ask("mailbox user@example.org").await, "OK 1");
+    assert_eq!(
+        c.ask("alias alias@example.org").await,
+        "OK user@example.org"
+    );
+    server.shutdown().await;
+    let snapshot = state.path().join("lookup-cache.json");
+    let mode = std::fs::metadata(&snapshot).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "it holds addresses");
+
+    // Restarted while userli is down.
+    let dead = common::free_loopback_addr();
+    let server = start_userli(&format!("http://{dead}"), &persist).await;
+    let mut c = Client::tcp(server.tcp()).await;
+    assert_eq!(
+        c.ask("mailbox user@example.org").await,
+        "OK 1",
+        "stale, not TEMP"
+    );
+    assert_eq!(
+        c.ask("alias alias@example.org").await,
+        "OK user@example.org"
+    );
+    assert_eq!(
+        c.ask("mailbox unseen@example.org").await,
+        "TEMP Error fetching mailbox",
+        "nothing is invented"
+    );
+    server.shutdown().await;
+
+    // userli back, and the mailbox is gone: the fresh answer wins at once.
+    api.reset().await;
+    Mock::given(method("GET"))
+        .respond_with(ok_json(serde_json::json!(false)))
+        .mount(&api)
+        .await;
+    let server = start_userli(&api.uri(), &persist).await;
+    let mut c = Client::tcp(server.tcp()).await;
+    assert_eq!(c.ask("mailbox user@example.org").await, "NOTFOUND");
+    server.shutdown().await;
+}

@@ -205,3 +205,110 @@ impl LookupBackend for CachedBackend {
         self.inner.name()
     }
 }
+
+/// The snapshot file's format: the socketmap answers with their ages. Quota
+/// answers are not kept: they only matter while the backend answers anyway.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotFile {
+    version: u32,
+    entries: Vec<SnapshotEntry>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotEntry {
+    /// `alias`, `domain`, `mailbox` or `senders`.
+    q: String,
+    /// The key as the backend was asked.
+    k: String,
+    /// `true`/`false` or the list.
+    a: SnapshotAnswer,
+    /// Seconds since the backend gave the answer.
+    age: f64,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum SnapshotAnswer {
+    Flag(bool),
+    List(Vec<String>),
+}
+
+const SNAPSHOT_VERSION: u32 = 1;
+
+impl Question {
+    fn snapshot_name(self) -> Option<&'static str> {
+        match self {
+            Self::Aliases => Some("alias"),
+            Self::Domain => Some("domain"),
+            Self::Mailbox => Some("mailbox"),
+            Self::Senders => Some("senders"),
+            Self::Quota => None,
+        }
+    }
+
+    fn from_snapshot_name(name: &str) -> Option<Self> {
+        match name {
+            "alias" => Some(Self::Aliases),
+            "domain" => Some(Self::Domain),
+            "mailbox" => Some(Self::Mailbox),
+            "senders" => Some(Self::Senders),
+            _ => None,
+        }
+    }
+}
+
+impl CachedBackend {
+    /// The cached socketmap answers and their ages, as the snapshot file's bytes.
+    pub(crate) fn snapshot(&self) -> Vec<u8> {
+        let entries = self
+            .cache
+            .export()
+            .into_iter()
+            .filter_map(|((question, key), answer, age)| {
+                let a = match answer {
+                    Answer::Flag(f) => SnapshotAnswer::Flag(f),
+                    Answer::List(l) => SnapshotAnswer::List(l),
+                    Answer::Quota(_) => return None,
+                };
+                Some(SnapshotEntry {
+                    q: question.snapshot_name()?.to_owned(),
+                    k: key,
+                    a,
+                    age: age.as_secs_f64(),
+                })
+            })
+            .collect();
+        serde_json::to_vec(&SnapshotFile {
+            version: SNAPSHOT_VERSION,
+            entries,
+        })
+        .unwrap_or_default()
+    }
+
+    /// Loads a snapshot written by [`Self::snapshot`] (`age` more seconds having
+    /// passed since it was written) as stale-only answers; how many were loaded.
+    ///
+    /// # Errors
+    /// Why the bytes are not a snapshot (damaged, another version).
+    pub(crate) fn restore(
+        &self,
+        bytes: &[u8],
+        since_written: std::time::Duration,
+    ) -> Result<usize, String> {
+        let file: SnapshotFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if file.version != SNAPSHOT_VERSION {
+            return Err(format!("unknown version {}", file.version));
+        }
+        let answers = file.entries.into_iter().filter_map(|e| {
+            let question = Question::from_snapshot_name(&e.q)?;
+            let answer = match (question, e.a) {
+                (Question::Domain | Question::Mailbox, SnapshotAnswer::Flag(f)) => Answer::Flag(f),
+                (Question::Aliases | Question::Senders, SnapshotAnswer::List(l)) => Answer::List(l),
+                _ => return None,
+            };
+            let age = std::time::Duration::try_from_secs_f64(e.age).ok()? + since_written;
+            Some(((question, e.k), answer, age))
+        });
+        Ok(self.cache.import(answers))
+    }
+}

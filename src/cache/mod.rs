@@ -10,6 +10,7 @@
 //! answer still lands in the cache.
 
 mod backend;
+pub(crate) mod persist;
 
 pub(crate) use backend::CachedBackend;
 
@@ -139,6 +140,17 @@ impl Cacheable for Vec<String> {
 struct Entry<V> {
     value: V,
     stored: Instant,
+    /// How old the answer already was when it was stored: zero for an answer
+    /// from the backend, its age for one loaded from a snapshot (at least the
+    /// TTL, so a loaded answer is never fresh: served only when the backend
+    /// fails, like an expired one).
+    loaded_age: Duration,
+}
+
+impl<V> Entry<V> {
+    fn age(&self) -> Duration {
+        self.stored.elapsed() + self.loaded_age
+    }
 }
 
 /// moka expiry: an entry lives for its freshness plus the stale window, so it is
@@ -165,7 +177,7 @@ impl<K, V: Cacheable> moka::Expiry<K, Entry<V>> for EntryExpiry {
         value: &Entry<V>,
         _created_at: std::time::Instant,
     ) -> Option<Duration> {
-        Some(self.lifetime(value))
+        Some(self.lifetime(value).saturating_sub(value.loaded_age))
     }
 
     // A refreshed answer starts a new lifetime; moka's default would keep the old one.
@@ -176,7 +188,7 @@ impl<K, V: Cacheable> moka::Expiry<K, Entry<V>> for EntryExpiry {
         _updated_at: std::time::Instant,
         _duration_until_expiry: Option<Duration>,
     ) -> Option<Duration> {
-        Some(self.lifetime(value))
+        Some(self.lifetime(value).saturating_sub(value.loaded_age))
     }
 }
 
@@ -335,6 +347,43 @@ where
         })
     }
 
+    /// Every stored answer with its age (for a snapshot); expired ones are gone.
+    pub(crate) fn export(&self) -> Vec<(K, V, Duration)> {
+        self.entries.as_ref().map_or_else(Vec::new, |entries| {
+            entries
+                .iter()
+                .map(|(key, entry)| ((*key).clone(), entry.value.clone(), entry.age()))
+                .collect()
+        })
+    }
+
+    /// Stores answers from a snapshot as stale-only: each is at least its TTL old,
+    /// so it is served only when the backend fails or misses the deadline, never
+    /// instead of asking a healthy backend. Answers already past the stale window,
+    /// and keys the cache already holds, are skipped. Returns how many were stored.
+    pub(crate) fn import(&self, answers: impl IntoIterator<Item = (K, V, Duration)>) -> usize {
+        let Some(entries) = &self.entries else {
+            return 0;
+        };
+        let mut stored = 0;
+        for (key, value, age) in answers {
+            let ttl = self.ttl_of(&value);
+            if ttl.is_zero() || age >= ttl + self.settings.stale_ttl || entries.contains_key(&key) {
+                continue;
+            }
+            entries.insert(
+                key,
+                Entry {
+                    value,
+                    stored: Instant::now(),
+                    loaded_age: age.max(ttl),
+                },
+            );
+            stored += 1;
+        }
+        stored
+    }
+
     /// Drops every stored entry (after a backend reload, for example).
     pub(crate) fn clear(&self) {
         // Under the in-flight lock, so no call started earlier can store its answer
@@ -378,7 +427,7 @@ where
         let started = tokio::time::Instant::now();
         let cached = self.entries.as_ref().and_then(|e| e.get(&key));
         if let Some(entry) = &cached
-            && entry.stored.elapsed() < self.ttl_of(&entry.value)
+            && entry.age() < self.ttl_of(&entry.value)
         {
             let result = if entry.value.is_negative() {
                 Outcome::NegativeHit
@@ -407,7 +456,7 @@ where
             Err(_elapsed) => BackendError::Timeout,
         };
         if let Some(entry) = cached {
-            let age = entry.stored.elapsed();
+            let age = entry.age();
             if age < self.ttl_of(&entry.value) + self.settings.stale_ttl {
                 self.count(handler, Outcome::Stale);
                 AnswerSource::note("stale");
@@ -458,6 +507,7 @@ where
                             Entry {
                                 value: value.clone(),
                                 stored: Instant::now(),
+                                loaded_age: Duration::ZERO,
                             },
                         );
                     }

@@ -400,3 +400,171 @@ async fn the_source_of_each_answer_is_noted_for_the_request_log() {
     assert_eq!((answer.unwrap(), source), (true, "stale"));
     assert_eq!(AnswerSource::track(async {}).await.1, "none");
 }
+
+#[tokio::test]
+async fn imported_answers_are_stale_only_and_old_ones_are_dropped() {
+    let (c, _) = cache(settings());
+    let imported = c.import([
+        ("fresh-looking".to_owned(), true, Duration::from_secs(1)),
+        ("old".to_owned(), true, Duration::from_secs(110)),
+        (
+            "past-the-stale-window".to_owned(),
+            true,
+            Duration::from_secs(121),
+        ),
+    ]);
+    assert_eq!(imported, 2, "60 s TTL + 60 s stale window");
+    let calls = Arc::new(AtomicUsize::new(0));
+    // A healthy backend is asked, even for an answer loaded a second old.
+    let fresh = c
+        .get(
+            "t",
+            "fresh-looking".to_owned(),
+            fetch(&calls, Duration::ZERO, Ok(false)),
+        )
+        .await;
+    assert_eq!((fresh.unwrap(), calls.load(Ordering::SeqCst)), (false, 1));
+    // A failing one: the loaded answer, stale.
+    let (answer, source) = AnswerSource::track(c.get(
+        "t",
+        "old".to_owned(),
+        fetch(&calls, Duration::ZERO, Err(())),
+    ))
+    .await;
+    assert_eq!((answer.unwrap(), source), (true, "stale"));
+    assert!(
+        c.get(
+            "t",
+            "past-the-stale-window".to_owned(),
+            fetch(&calls, Duration::ZERO, Err(()))
+        )
+        .await
+        .is_err()
+    );
+    // An answer already held is not replaced by a loaded one.
+    assert_eq!(
+        c.import([("fresh-looking".to_owned(), true, Duration::ZERO)]),
+        0
+    );
+    let exported = c.export();
+    assert!(exported.iter().any(|(k, v, _)| k == "fresh-looking" && !*v));
+}
+
+#[tokio::test]
+async fn a_snapshot_brings_the_socketmap_answers_back_as_stale_ones() {
+    use postfix_adapter_backend::testkit::{Fault, StubBackend};
+    use postfix_adapter_backend::{Address, LookupBackend};
+    let addr = |s: &str| Address::parse(s).unwrap();
+    let stub = StubBackend::new()
+        .domain("example.org")
+        .mailbox("user@example.org")
+        .alias("a@example.org", &["b@example.org"]);
+    let first = CachedBackend::new(Arc::new(stub), settings(), counter());
+    assert!(first.domain_exists("example.org").await.unwrap());
+    assert!(
+        first
+            .mailbox_exists(&addr("user@example.org"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !first
+            .mailbox_exists(&addr("nobody@example.org"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        first.aliases(&addr("a@example.org")).await.unwrap(),
+        ["b@example.org"]
+    );
+    let bytes = first.snapshot();
+
+    // After a restart, with the backend down for every key.
+    let mut down = StubBackend::new();
+    for key in [
+        "example.org",
+        "user@example.org",
+        "nobody@example.org",
+        "a@example.org",
+        "new@example.org",
+    ] {
+        down = down.fault(key, Fault::Unavailable);
+    }
+    let second = CachedBackend::new(Arc::new(down), settings(), counter());
+    assert_eq!(second.restore(&bytes, Duration::from_secs(5)).unwrap(), 4);
+    assert!(second.domain_exists("example.org").await.unwrap());
+    assert!(
+        second
+            .mailbox_exists(&addr("user@example.org"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !second
+            .mailbox_exists(&addr("nobody@example.org"))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        second.aliases(&addr("a@example.org")).await.unwrap(),
+        ["b@example.org"]
+    );
+    assert!(
+        second
+            .mailbox_exists(&addr("new@example.org"))
+            .await
+            .is_err(),
+        "unseen: an error"
+    );
+
+    assert!(
+        second
+            .restore(b"{\"version\":1,\"entries\":[", Duration::ZERO)
+            .is_err()
+    );
+    assert!(
+        second
+            .restore(br#"{"version":9,"entries":[]}"#, Duration::ZERO)
+            .is_err()
+    );
+}
+
+/// How long 100,000 loaded answers take (printed; `cargo test --release` for the
+/// figure in the README).
+#[test]
+fn a_snapshot_of_100k_answers_loads_quickly() {
+    use postfix_adapter_backend::testkit::StubBackend;
+    let mut text = String::from(r#"{"version":1,"entries":["#);
+    for i in 0..100_000 {
+        if i > 0 {
+            text.push(',');
+        }
+        if i % 4 == 0 {
+            text.push_str(&format!(
+                r#"{{"q":"alias","k":"alias{i}@example.org","a":["user{i}@example.org"],"age":30.5}}"#
+            ));
+        } else {
+            text.push_str(&format!(
+                r#"{{"q":"mailbox","k":"user{i}@example.org","a":true,"age":30.5}}"#
+            ));
+        }
+    }
+    text.push_str("]}");
+    let cache = CachedBackend::new(
+        Arc::new(StubBackend::new()),
+        CacheSettings {
+            max_entries: 200_000,
+            ..settings()
+        },
+        counter(),
+    );
+    let started = std::time::Instant::now();
+    let loaded = cache.restore(text.as_bytes(), Duration::ZERO).unwrap();
+    let took = started.elapsed();
+    eprintln!(
+        "100k snapshot entries ({} bytes) loaded in {took:?}",
+        text.len()
+    );
+    assert_eq!(loaded, 100_000);
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}

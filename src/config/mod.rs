@@ -382,7 +382,8 @@ fn validate(raw: &Raw) -> Result<Config, ConfigError> {
 impl Config {
     /// A configuration with all defaults, answering from the fixture file at `path`;
     /// convenient for tests and embedding. Unlike the binary's defaults, the policy
-    /// server is off (set `policy_listen` to enable it).
+    /// server is off (set `listeners.policy` to enable it) and the lookup cache is
+    /// not kept on disk (set `lookups.cache_persist`).
     pub fn for_fixture(path: impl Into<PathBuf>) -> Self {
         let sources = Sources {
             file: None,
@@ -394,6 +395,8 @@ impl Config {
         let mut config =
             load(&sources).unwrap_or_else(|e| unreachable!("built-in defaults are valid: {e}"));
         config.listeners.policy = None;
+        // Nothing is written to the state directory unless asked for.
+        config.lookups.cache_persist = false;
         config
     }
 

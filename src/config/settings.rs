@@ -180,6 +180,12 @@ pub const SETTINGS: &[Setting] = &[
         "Most memory the cached answers may take, keys and bookkeeping included (a cached answer for an ordinary address costs about 0.4 KiB, so the default holds the default 100,000 entries); bytes, or with `KiB`, `MiB`, `GiB`. Keys longer than a valid address (64-octet local part, 255-octet domain) are answered `NOTFOUND` and never cached. `0` disables the cache.",
     ),
     s(
+        "LOOKUP_CACHE_PERSIST",
+        Some("true"),
+        false,
+        "`true`: the cached answers (with their ages) are kept in `STATE_DIRECTORY/lookup-cache.json`, written every minute and at shutdown (mode 0600: it holds addresses) and loaded at start, so a restart during a backend outage keeps serving stale answers. Loaded answers are served only when the backend fails or misses the deadline, never instead of a healthy backend. Off (with a warning) when the state directory cannot be written; `false` turns it off.",
+    ),
+    s(
         "BACKEND_MAX_CONCURRENT_REQUESTS",
         Some("64"),
         false,

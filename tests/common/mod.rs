@@ -113,6 +113,9 @@ pub async fn start_userli(base_url: &str, env: &[(&str, &str)]) -> Running {
     .collect();
     vars.entry("LOOKUP_TIMEOUT".into())
         .or_insert_with(|| "500ms".into());
+    // No snapshot in the machine's state directory unless a test asks for one.
+    vars.entry("LOOKUP_CACHE_PERSIST".into())
+        .or_insert_with(|| "false".into());
     let sources = userli_postfix_adapter::config::Sources {
         file: None,
         env: vars,

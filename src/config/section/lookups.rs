@@ -24,6 +24,8 @@ pub struct LookupSection {
     pub cache_size: u64,
     /// `LOOKUP_CACHE_MAX_BYTES`.
     pub cache_max_bytes: u64,
+    /// `LOOKUP_CACHE_PERSIST`.
+    pub cache_persist: bool,
     /// `BACKEND_MAX_CONCURRENT_REQUESTS`.
     pub backend_max_concurrency: usize,
     /// `CIRCUIT_BREAKER_FAILURES`; zero disables the breaker.
@@ -55,6 +57,7 @@ impl LookupSection {
             cache_stale_ttl: raw.duration("LOOKUP_CACHE_STALE_TTL")?,
             cache_size: raw.number("LOOKUP_CACHE_SIZE", 0, 100_000_000)? as u64,
             cache_max_bytes: raw.byte_size("LOOKUP_CACHE_MAX_BYTES", 0, 64 << 30)?,
+            cache_persist: raw.choice("LOOKUP_CACHE_PERSIST", ["false", "true"])?,
             backend_max_concurrency: raw.number("BACKEND_MAX_CONCURRENT_REQUESTS", 1, 100_000)?,
             breaker_failures: raw.number("CIRCUIT_BREAKER_FAILURES", 0, 1_000_000)? as u32,
             breaker_cooldown: raw.positive_duration("CIRCUIT_BREAKER_COOLDOWN")?,
