@@ -41,6 +41,13 @@ impl CachePersistence {
             tracing::warn!(directory = %state_dir.display(), error = %e, "lookup cache snapshot off: the state directory cannot be created (LOOKUP_CACHE_PERSIST)");
             return None;
         }
+        // Prove now that it can be written, rather than warn at every save.
+        let probe = state_dir.join(".lookup-cache-write-test");
+        if let Err(e) = crate::state_file::write_private(&probe, b"") {
+            tracing::warn!(directory = %state_dir.display(), error = %e, "lookup cache snapshot off: the state directory cannot be written (LOOKUP_CACHE_PERSIST)");
+            return None;
+        }
+        let _ = std::fs::remove_file(&probe);
         let path = state_dir.join(SNAPSHOT_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {

@@ -568,3 +568,24 @@ fn a_snapshot_of_100k_answers_loads_quickly() {
     assert_eq!(loaded, 100_000);
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
+
+#[test]
+fn an_unwritable_state_directory_turns_the_snapshot_off() {
+    use postfix_adapter_backend::testkit::StubBackend;
+    let dir = tempfile::tempdir().unwrap();
+    // Root may write anywhere: a regular file where the directory should be
+    // stands in for a directory it may not write.
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").unwrap();
+    let cache = Arc::new(CachedBackend::new(
+        Arc::new(StubBackend::new()),
+        settings(),
+        counter(),
+    ));
+    let metrics = crate::metrics::Metrics::new().unwrap();
+    assert!(
+        persist::CachePersistence::open(&file.join("state"), cache.clone(), &metrics).is_none()
+    );
+    assert!(persist::CachePersistence::open(dir.path(), cache, &metrics).is_some());
+    assert!(!dir.path().join(".lookup-cache-write-test").exists());
+}
