@@ -306,7 +306,10 @@ impl CachedBackend {
                 (Question::Aliases | Question::Senders, SnapshotAnswer::List(l)) => Answer::List(l),
                 _ => return None,
             };
-            let age = std::time::Duration::try_from_secs_f64(e.age).ok()? + since_written;
+            // A negative, NaN or absurd age is no answer to keep.
+            let age = std::time::Duration::try_from_secs_f64(e.age)
+                .ok()?
+                .checked_add(since_written)?;
             Some(((question, e.k), answer, age))
         });
         Ok(self.cache.import(answers))
