@@ -34,7 +34,8 @@ sed -e 's|/usr/local/bin/userli-postfix-adapter|/usr/bin/userli-postfix-adapter|
 cp deploy/systemd/userli-postfix-adapter-*.socket "$assets/"
 sed -e 's|^# /etc/userli-postfix-adapter.env|# /etc/userli-postfix-adapter/userli-postfix-adapter.env|' \
     deploy/systemd/userli-postfix-adapter.env >"$assets/userli-postfix-adapter.env"
-target/release/userli-postfix-adapter --help >"$assets/userli-postfix-adapter.help.txt"
+target_dir="${CARGO_TARGET_DIR:-target}"
+"$target_dir/release/userli-postfix-adapter" --help >"$assets/userli-postfix-adapter.help.txt"
 
 cargo deb --no-build --locked -p userli-postfix-adapter
-ls target/debian/userli-postfix-adapter_*.deb
+ls "$target_dir"/debian/userli-postfix-adapter_*.deb
