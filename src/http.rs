@@ -213,7 +213,11 @@ pub(crate) async fn backend_health(state: &HttpState) -> Result<(), String> {
 pub(crate) async fn watch_backend_health(state: HttpState, stop: CancellationToken) {
     let mut failing = false;
     loop {
-        let health = backend_health(&state).await;
+        // The check itself may hang until the backend's deadline: stop must not wait for it.
+        let health = tokio::select! {
+            () = stop.cancelled() => return,
+            health = backend_health(&state) => health,
+        };
         match (&health, failing) {
             (Err(why), false) => tracing::warn!(error = %why, "backend health check failed"),
             (Ok(()), true) => tracing::info!("backend health check passes again"),

@@ -65,7 +65,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use tokio_util::task::{AbortOnDropHandle, TaskTracker};
 
 use crate::config::{Config, ListenAddr};
 use crate::http::{HttpHandler, HttpState, Readiness};
@@ -359,10 +359,12 @@ impl Server {
             breaker: Some(breaker),
             ready_check: Arc::default(),
         };
-        let health_watch = tokio::spawn(http::watch_backend_health(
+        // Aborted if `run` itself is dropped (a caller's timeout, a test): no task
+        // outlives the server it serves.
+        let health_watch = AbortOnDropHandle::new(tokio::spawn(http::watch_backend_health(
             http_state.clone(),
             http_services.shutdown.clone(),
-        ));
+        )));
         let app = http::router(http_state);
         http_services.start(
             "metrics",
@@ -372,7 +374,9 @@ impl Server {
         );
         let snapshots = cache_persistence.map(|persistence| {
             let stop_saving = CancellationToken::new();
-            let saver = tokio::spawn(persistence.clone().save_periodically(stop_saving.clone()));
+            let saver = AbortOnDropHandle::new(tokio::spawn(
+                persistence.clone().save_periodically(stop_saving.clone()),
+            ));
             (persistence, stop_saving, saver)
         });
         readiness.set_listening();

@@ -30,6 +30,11 @@ pub(crate) fn write_durably(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = temporary_path(path);
+    // A leftover temporary (a crash mid-write) keeps its mode when reopened: start afresh.
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -71,7 +76,42 @@ pub(crate) fn set_aside(path: &Path, now: SystemTime) -> std::io::Result<PathBuf
     let aside = path.with_file_name(name);
     std::fs::rename(path, &aside)?;
     sync_directory(path)?;
+    prune_set_aside(path, KEPT_SET_ASIDE);
     Ok(aside)
+}
+
+/// How many damaged copies of one file are kept: enough to inspect a recurring
+/// fault, never a directory that fills up when one keeps recurring.
+pub(crate) const KEPT_SET_ASIDE: usize = 3;
+
+/// Removes all but the newest `keep` copies [`set_aside`] made of `path`.
+fn prune_set_aside(path: &Path, keep: usize) {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return;
+    };
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    let mut prefix = name.to_owned();
+    prefix.push(".corrupt-");
+    let prefix = prefix.to_string_lossy().into_owned();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut copies: Vec<(u64, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let file_name = e.file_name();
+            let seconds = file_name.to_str()?.strip_prefix(&prefix)?.parse().ok()?;
+            Some((seconds, e.path()))
+        })
+        .collect();
+    copies.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in copies.into_iter().skip(keep) {
+        let _ = std::fs::remove_file(old);
+    }
 }
 
 #[cfg(test)]
@@ -113,5 +153,43 @@ mod tests {
         assert_eq!(aside, dir.path().join("state.json.corrupt-1700000000"));
         assert!(!path.exists());
         assert_eq!(std::fs::read(&aside).unwrap(), b"garbage");
+    }
+
+    #[test]
+    fn only_the_newest_damaged_copies_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        std::fs::write(dir.path().join("other.json.corrupt-1"), b"x").unwrap();
+        for second in 1..=5u64 {
+            std::fs::write(&path, b"garbage").unwrap();
+            set_aside(&path, UNIX_EPOCH + std::time::Duration::from_secs(second)).unwrap();
+        }
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "other.json.corrupt-1",
+                "state.json.corrupt-3",
+                "state.json.corrupt-4",
+                "state.json.corrupt-5"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_leftover_temporary_does_not_lend_its_mode_to_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cache.json");
+        let tmp = temporary_path(&path);
+        std::fs::write(&tmp, b"half").unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)).unwrap();
+        write_private(&path, b"{}").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 }

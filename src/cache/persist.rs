@@ -54,7 +54,12 @@ impl CachePersistence {
                 let since_written = std::fs::metadata(&path)
                     .and_then(|m| m.modified())
                     .ok()
-                    .and_then(|t| SystemTime::now().duration_since(t).ok())
+                    .map(|t| {
+                        // Written "in the future": the clock cannot be trusted to
+                        // age the answers, so none is loaded (they would all be
+                        // too old).
+                        SystemTime::now().duration_since(t).unwrap_or(Duration::MAX)
+                    })
                     .unwrap_or_default();
                 let started = Instant::now();
                 match cache.restore(&bytes, since_written) {
@@ -86,11 +91,13 @@ impl CachePersistence {
 
     /// Writes the snapshot now (off the runtime's workers).
     pub(crate) async fn save(&self) {
-        let bytes = self.cache.snapshot();
+        let cache = self.cache.clone();
         let path = self.path.clone();
-        let written =
-            tokio::task::spawn_blocking(move || crate::state_file::write_private(&path, &bytes))
-                .await;
+        // Serialising 100k answers takes tens of milliseconds: not on a worker.
+        let written = tokio::task::spawn_blocking(move || {
+            crate::state_file::write_private(&path, &cache.snapshot())
+        })
+        .await;
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {

@@ -589,3 +589,42 @@ fn an_unwritable_state_directory_turns_the_snapshot_off() {
     assert!(persist::CachePersistence::open(dir.path(), cache, &metrics).is_some());
     assert!(!dir.path().join(".lookup-cache-write-test").exists());
 }
+
+#[tokio::test]
+async fn a_snapshot_written_in_the_future_loads_nothing() {
+    use postfix_adapter_backend::testkit::StubBackend;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(persist::SNAPSHOT_FILE);
+    let snapshot = r#"{"version":1,"entries":[{"q":"domain","k":"example.org","a":true,"age":0.0},{"q":"domain","k":"example.net","a":true,"age":1.0}]}"#;
+    let open = |cache: Arc<CachedBackend>| {
+        let metrics = crate::metrics::Metrics::new().unwrap();
+        persist::CachePersistence::open(dir.path(), cache, &metrics).unwrap()
+    };
+    let entries = |cache: &CachedBackend| {
+        let held: serde_json::Value = serde_json::from_slice(&cache.snapshot()).unwrap();
+        held["entries"].as_array().unwrap().len()
+    };
+    let new_cache = || {
+        Arc::new(CachedBackend::new(
+            Arc::new(StubBackend::new()),
+            settings(),
+            counter(),
+        ))
+    };
+
+    std::fs::write(&path, snapshot).unwrap();
+    let cache = new_cache();
+    open(cache.clone());
+    assert_eq!(entries(&cache), 2, "written now: both loaded");
+
+    // A clock set back since the write: the answers' ages cannot be known.
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    let cache = new_cache();
+    open(cache.clone());
+    assert_eq!(entries(&cache), 0, "none loaded");
+}

@@ -233,7 +233,7 @@ pub const SETTINGS: &[Setting] = &[
         "REDIS_TIMEOUT",
         Some("500ms"),
         false,
-        "The longest one Redis operation may take, connecting included; then the decision fails open (or closed, `POLICY_FAIL_MODE`). A Redis that refuses connections fails at once, without waiting.",
+        "The longest one Redis operation may take, connecting included (at most `LOOKUP_TIMEOUT`, the decision's own deadline); then the decision fails open (or closed, `POLICY_FAIL_MODE`). A Redis that refuses connections fails at once, without waiting.",
     ),
     s(
         "STATE_DIRECTORY",

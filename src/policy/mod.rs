@@ -459,12 +459,13 @@ pub(crate) async fn open_store(
                 store::StoreError::Remote(format!("REDIS_TLS_CA_FILE {}: {e}", path.display()))
             })?),
         };
-        let store = redis_store::RedisStore::connect_with_ca(
-            url.expose(),
-            config.policy.redis_timeout,
-            ca.as_deref(),
-        )
-        .await?;
+        // Never longer than the decision's own deadline: otherwise that deadline
+        // would cut an operation short before the store could notice the failure
+        // and check the connection before the next one.
+        let op_timeout = config.policy.redis_timeout.min(config.lookups.timeout);
+        let store =
+            redis_store::RedisStore::connect_with_ca(url.expose(), op_timeout, ca.as_deref())
+                .await?;
         return Ok(Arc::new(store));
     }
     let store = store::EmbeddedStore::open(&config.policy.state_directory)?;
