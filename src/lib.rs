@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod policy;
 pub mod protocol;
+mod reload;
 pub(crate) mod resilience;
 pub(crate) mod sasl;
 pub mod server;
@@ -59,6 +60,7 @@ pub(crate) mod state_file;
 
 pub use postfix_adapter_backend as backend_api;
 pub use postfix_adapter_backend::LookupBackend;
+pub use reload::Reloader;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -75,6 +77,7 @@ use crate::normalize::Normalizer;
 use crate::policy::store::QuotaStore;
 use crate::policy::{PolicyMetrics, PolicyService, StoreFlusher};
 use crate::resilience::CircuitBreaker;
+use crate::sasl::login_cache::file::LoginCacheFile;
 use crate::sasl::{SaslMetrics, SaslService};
 use crate::server::policy::PolicyHandler;
 use crate::server::sasl::SaslHandler;
@@ -142,6 +145,8 @@ pub struct Server {
     sasl: Option<(Arc<SaslService>, Vec<BoundListener>)>,
     /// The lookup cache's snapshot in the state directory, when kept.
     cache_persistence: Option<Arc<cache::persist::CachePersistence>>,
+    /// The login cache's file in the state directory, when kept.
+    login_file: Option<Arc<LoginCacheFile>>,
 }
 
 /// The server cannot start.
@@ -227,6 +232,21 @@ impl Server {
                 Some((Arc::new(service), listeners))
             }
         };
+        let persisted_logins = sasl
+            .as_ref()
+            .and_then(|(service, _)| service.login_cache())
+            .filter(|logins| logins.settings().persist);
+        let login_file = match persisted_logins {
+            Some(logins) => {
+                LoginCacheFile::open(&config.policy.state_directory, logins.clone(), &metrics)
+                    .map(Arc::new)
+            }
+            None => {
+                // Turned off: no second copy of password hashes left behind.
+                LoginCacheFile::remove_leftover(&config.policy.state_directory);
+                None
+            }
+        };
         // The cache keeps the per-call deadline itself, so it can answer stale in time.
         let service = Arc::new(
             LookupService::new(
@@ -248,6 +268,7 @@ impl Server {
             policy,
             sasl,
             cache_persistence,
+            login_file,
         })
     }
 
@@ -280,6 +301,16 @@ impl Server {
         self.http.iter().map(BoundListener::local_addr).collect()
     }
 
+    /// What SIGHUP does: reload the backend, drop the cached logins.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            backend: self.backend(),
+            metrics: self.metrics.clone(),
+            sasl: self.sasl.as_ref().map(|(service, _)| service.clone()),
+            login_file: self.login_file.clone(),
+        }
+    }
+
     /// The backend lookups go to: the configured one behind the breaker, the
     /// concurrency limit and the cache. Reload through this one so the cache is
     /// cleared too.
@@ -302,6 +333,7 @@ impl Server {
             policy,
             sasl,
             cache_persistence,
+            login_file,
         } = self;
         let mut services = server::Services {
             shutdown: CancellationToken::new(),
@@ -379,6 +411,13 @@ impl Server {
             ));
             (persistence, stop_saving, saver)
         });
+        let login_saver = login_file.map(|file| {
+            let stop_saving = CancellationToken::new();
+            let saver = AbortOnDropHandle::new(tokio::spawn(
+                file.clone().save_periodically(stop_saving.clone()),
+            ));
+            (file, stop_saving, saver)
+        });
         readiness.set_listening();
 
         shutdown.await;
@@ -395,6 +434,11 @@ impl Server {
             let _ = saver.await;
             // What was learnt up to the last request survives the restart.
             persistence.save().await;
+        }
+        if let Some((file, stop_saving, saver)) = login_saver {
+            stop_saving.cancel();
+            let _ = saver.await;
+            file.save().await;
         }
     }
 }

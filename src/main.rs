@@ -175,12 +175,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .context("installing the SIGHUP handler")?;
-    let reload_backend = server.backend();
-    let reload_metrics = metrics.clone();
+    let reloader = server.reloader();
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            tracing::info!("SIGHUP received, reloading the backend");
-            backend::reload(reload_backend.as_ref(), &reload_metrics).await;
+            tracing::info!("SIGHUP received, reloading the backend and dropping cached logins");
+            reloader.reload().await;
         }
     });
 

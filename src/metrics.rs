@@ -194,7 +194,7 @@ impl Metrics {
             ))?,
             registry,
         };
-        for file in ["policy-windows", "lookup-cache"] {
+        for file in ["policy-windows", "lookup-cache", "sasl-login-cache"] {
             m.state_files_damaged.with_label_values(&[file]);
         }
         // Every series with a known label set starts at zero, so dashboards and

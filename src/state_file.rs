@@ -4,7 +4,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Replaces `path` with `bytes` durably: writes a temporary file next to it,
 /// flushes it to the disk, renames it over `path` and flushes the directory, so
@@ -64,6 +64,16 @@ fn sync_directory(path: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// How long ago `path` was last written, to age what it holds: zero when that
+/// cannot be read, and [`Duration::MAX`] (too old for anything) when it was written
+/// "in the future": the clock was set back, so the ages cannot be known.
+pub(crate) fn time_since_written(path: &Path) -> Duration {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map(|t| SystemTime::now().duration_since(t).unwrap_or(Duration::MAX))
+        .unwrap_or_default()
+}
+
 /// Moves a damaged `path` aside to `<name>.corrupt-<unix seconds>` (kept for
 /// inspection, never read again) and returns the new name.
 ///
@@ -108,7 +118,7 @@ fn prune_set_aside(path: &Path, keep: usize) {
             Some((seconds, e.path()))
         })
         .collect();
-    copies.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+    copies.sort_unstable_by_key(|copy| std::cmp::Reverse(copy.0));
     for (_, old) in copies.into_iter().skip(keep) {
         let _ = std::fs::remove_file(old);
     }
@@ -148,7 +158,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         std::fs::write(&path, b"garbage").unwrap();
-        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let aside = set_aside(&path, now).unwrap();
         assert_eq!(aside, dir.path().join("state.json.corrupt-1700000000"));
         assert!(!path.exists());
@@ -162,7 +172,7 @@ mod tests {
         std::fs::write(dir.path().join("other.json.corrupt-1"), b"x").unwrap();
         for second in 1..=5u64 {
             std::fs::write(&path, b"garbage").unwrap();
-            set_aside(&path, UNIX_EPOCH + std::time::Duration::from_secs(second)).unwrap();
+            set_aside(&path, UNIX_EPOCH + Duration::from_secs(second)).unwrap();
         }
         let mut names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()

@@ -51,16 +51,7 @@ impl CachePersistence {
         let path = state_dir.join(SNAPSHOT_FILE);
         match std::fs::read(&path) {
             Ok(bytes) => {
-                let since_written = std::fs::metadata(&path)
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .map(|t| {
-                        // Written "in the future": the clock cannot be trusted to
-                        // age the answers, so none is loaded (they would all be
-                        // too old).
-                        SystemTime::now().duration_since(t).unwrap_or(Duration::MAX)
-                    })
-                    .unwrap_or_default();
+                let since_written = crate::state_file::time_since_written(&path);
                 let started = Instant::now();
                 match cache.restore(&bytes, since_written) {
                     Ok(loaded) => tracing::info!(

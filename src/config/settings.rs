@@ -314,6 +314,30 @@ pub const SETTINGS: &[Setting] = &[
         "Password checks in flight at most for one SMTP client address (Postfix's `rip=`); beyond it, as above.",
     ),
     s(
+        "SASL_CACHE_TTL",
+        Some("1h"),
+        false,
+        "After userli passes a login, the same password succeeds this long without asking userli again (as Dovecot's `auth_cache_ttl`); another password always asks userli. A password changed or an account locked in userli therefore stops the *old* password only after this time (or at once after SIGHUP, which drops the login cache); the new password works at once. `0`: always ask userli, the cache then answers only while userli fails.",
+    ),
+    s(
+        "SASL_CACHE_STALE_TTL",
+        Some("24h"),
+        false,
+        "How long beyond `SASL_CACHE_TTL` a verified login still succeeds, but only while userli fails or misses `LOOKUP_TIMEOUT`: users who logged in during the last day keep sending through an outage. During an outage any other password is answered as an outage (the auth connection is dropped, Postfix answers 454), never as a success or a wrong password. A check that userli refuses drops the login from the cache at once. `0` with `SASL_CACHE_TTL=0`: no login cache.",
+    ),
+    s(
+        "SASL_CACHE_MAX_BYTES",
+        Some("16MiB"),
+        false,
+        "The most the login cache may hold in memory (about 350 bytes per login: some 45,000 logins); the least recently used go first. `0`: no login cache.",
+    ),
+    s(
+        "SASL_CACHE_PERSIST",
+        Some("false"),
+        false,
+        "`true`: the login cache survives restarts in `STATE_DIRECTORY/sasl-login-cache.json` (mode 0600; argon2id, 64 MiB and 4 passes, no weaker than userli's own hashes; loaded logins are used only while userli fails). Trade-off: it is a second copy of password hashes on the mail host. `false` (the default) keeps verifiers in memory only, as a keyed hash whose key never leaves the process, and removes a file left from when it was on.",
+    ),
+    s(
         "SOCKETMAP_MAX_REQUEST_SIZE",
         Some("16384"),
         false,

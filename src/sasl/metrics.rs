@@ -32,6 +32,15 @@ pub(crate) struct SaslMetrics {
     /// `sasl_circuit_breaker_state` (new): the login checks' own breaker, 0 closed,
     /// 1 open, 2 half-open.
     pub breaker_state: IntGauge,
+    /// `sasl_login_cache_answers_total{answer}` (new): logins the login cache
+    /// answered: `fresh` (succeeded within `SASL_CACHE_TTL` without asking the
+    /// backend), `stale` (succeeded while the backend failed), `mismatch` (another
+    /// password while the backend failed: dropped, Postfix answers 454).
+    pub login_cache_answers: IntCounterVec,
+    /// `sasl_login_cache_entries` (new): verified logins held.
+    pub login_cache_entries: IntGauge,
+    /// `sasl_login_cache_bytes` (new): their bytes, as the byte limit counts them.
+    pub login_cache_bytes: IntGauge,
 }
 
 impl SaslMetrics {
@@ -100,7 +109,25 @@ impl SaslMetrics {
                 "sasl_circuit_breaker_state",
                 "Circuit breaker of the password checks: 0 closed, 1 open, 2 half-open",
             ))?,
+            login_cache_answers: IntCounterVec::new(
+                opts(
+                    "sasl_login_cache_answers_total",
+                    "Logins answered by the login cache: fresh (within SASL_CACHE_TTL, backend not asked), stale (backend failing), mismatch (backend failing, another password: Postfix answers 454)",
+                ),
+                &["answer"],
+            )?,
+            login_cache_entries: IntGauge::with_opts(opts(
+                "sasl_login_cache_entries",
+                "Verified logins held by the login cache",
+            ))?,
+            login_cache_bytes: IntGauge::with_opts(opts(
+                "sasl_login_cache_bytes",
+                "Bytes of the login cache, as SASL_CACHE_MAX_BYTES counts them",
+            ))?,
         };
+        for label in ["fresh", "stale", "mismatch"] {
+            m.login_cache_answers.with_label_values(&[label]);
+        }
         for label in ["client", "login"] {
             m.lockouts.with_label_values(&[label]);
         }
@@ -118,6 +145,9 @@ impl SaslMetrics {
         r.register(Box::new(m.checks_refused.clone()))?;
         r.register(Box::new(m.checks_in_flight.clone()))?;
         r.register(Box::new(m.breaker_state.clone()))?;
+        r.register(Box::new(m.login_cache_answers.clone()))?;
+        r.register(Box::new(m.login_cache_entries.clone()))?;
+        r.register(Box::new(m.login_cache_bytes.clone()))?;
         for mechanism in ["PLAIN", "LOGIN", "unsupported"] {
             for result in ["success", "invalid_credentials", "error"] {
                 m.auth.with_label_values(&[mechanism, result]);

@@ -13,10 +13,12 @@
 //! lookups need, never open the lookup breaker, and never turn `/ready` red.
 
 pub(crate) mod admission;
+pub(crate) mod login_cache;
 mod metrics;
 mod throttle;
 
 pub(crate) use admission::Admission;
+pub(crate) use login_cache::{LoginCache, LoginCacheSettings, OutageAnswer};
 pub(crate) use metrics::SaslMetrics;
 pub(crate) use throttle::{Throttle, ThrottleSettings};
 
@@ -59,6 +61,8 @@ pub(crate) struct SaslSettings {
     pub breaker_failures: u32,
     /// How long that breaker stays open before one check is let through.
     pub breaker_cooldown: Duration,
+    /// Verified logins kept for outages (`SASL_CACHE_*`).
+    pub cache: LoginCacheSettings,
 }
 
 /// The outcome of one authentication, for the connection handler.
@@ -85,8 +89,11 @@ pub(crate) struct SaslService {
     timeout: Duration,
     throttle: Throttle,
     admission: Admission,
+    /// Verified logins, when kept (`SASL_CACHE_TTL`, `SASL_CACHE_STALE_TTL`).
+    logins: Option<Arc<LoginCache>>,
     metrics: SaslMetrics,
     error_log: LogThrottle,
+    stale_log: LogThrottle,
     overload_log: LogThrottle,
 }
 
@@ -130,8 +137,13 @@ impl SaslService {
             timeout: settings.timeout,
             throttle: Throttle::new(settings.throttle),
             admission: Admission::new(settings.max_checks, settings.max_checks_per_client),
+            logins: settings
+                .cache
+                .enabled()
+                .then(|| Arc::new(LoginCache::new(settings.cache))),
             metrics,
             error_log: LogThrottle::new(Duration::from_secs(10)),
+            stale_log: LogThrottle::new(Duration::from_secs(10)),
             overload_log: LogThrottle::new(Duration::from_secs(10)),
         }
     }
@@ -139,6 +151,31 @@ impl SaslService {
     /// The metrics.
     pub(crate) fn metrics(&self) -> &SaslMetrics {
         &self.metrics
+    }
+
+    /// The login cache, when kept.
+    pub(crate) fn login_cache(&self) -> Option<&Arc<LoginCache>> {
+        self.logins.as_ref()
+    }
+
+    /// Drops every cached login (SIGHUP): from then on every login asks the
+    /// backend until it passes again.
+    pub(crate) fn forget_logins(&self) {
+        if let Some(logins) = &self.logins {
+            logins.clear();
+            self.update_cache_size(logins);
+            tracing::info!("login cache dropped");
+        }
+    }
+
+    fn update_cache_size(&self, logins: &LoginCache) {
+        let (entries, bytes) = logins.size();
+        self.metrics
+            .login_cache_entries
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
+        self.metrics
+            .login_cache_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     /// Counts a request that failed before reaching the backend (bad encoding,
@@ -214,6 +251,21 @@ impl SaslService {
                 delay: self.throttle.settings().max_delay,
             };
         }
+        if let Some(logins) = &self.logins
+            && logins.answers_fresh(key, password)
+        {
+            self.metrics
+                .login_cache_answers
+                .with_label_values(&["fresh"])
+                .inc();
+            self.throttle.record_success(key);
+            logins.keep_on_disk(key, password);
+            tracing::debug!(
+                login = key,
+                "authentication succeeded (login cache, within SASL_CACHE_TTL)"
+            );
+            return AuthResult::Success(key.to_owned());
+        }
         let _ticket = match self.admission.try_admit(client) {
             Ok(t) => t,
             Err(refused) => {
@@ -237,11 +289,21 @@ impl SaslService {
                 .unwrap_or(Err(BackendError::Timeout));
         match outcome {
             Ok(AuthOutcome::Success) => {
+                if let Some(logins) = &self.logins {
+                    logins.remember(key, password);
+                    self.update_cache_size(logins);
+                }
                 self.throttle.record_success(key);
                 tracing::debug!(login = key, "authentication succeeded");
                 AuthResult::Success(key.to_owned())
             }
             Ok(AuthOutcome::Failure { reason }) => {
+                // Whatever the reason (password, spam lock, password change
+                // required): the backend said no, so the cache must not say yes.
+                if let Some(logins) = &self.logins {
+                    logins.forget(key);
+                    self.update_cache_size(logins);
+                }
                 tracing::debug!(login = key, client = ?client, "authentication failed");
                 let delay = self.throttle.record_failure(key, client);
                 let reason = if reason.is_empty() {
@@ -251,14 +313,58 @@ impl SaslService {
                 };
                 self.failure(reason, delay)
             }
-            Err(e) => {
-                self.metrics.unavailable.inc();
-                if let Some(suppressed) = self.error_log.allow() {
-                    tracing::warn!(error = %e, similar_warnings_suppressed = suppressed, "cannot check a password, dropping the auth connection (Postfix answers 454)");
-                }
-                AuthResult::Unavailable
-            }
+            Err(e) => self.answer_in_outage(key, password, client, &e).await,
         }
+    }
+
+    /// The backend could not check: the login cache answers a password it knows,
+    /// anything else is an outage (Postfix: 454), never a `FAIL`.
+    async fn answer_in_outage(
+        &self,
+        key: &str,
+        password: &[u8],
+        client: Option<IpAddr>,
+        error: &BackendError,
+    ) -> AuthResult {
+        let cached = match &self.logins {
+            Some(logins) => logins.answer_in_outage(key, password).await,
+            None => OutageAnswer::Unknown,
+        };
+        match cached {
+            OutageAnswer::Verified => {
+                self.metrics
+                    .login_cache_answers
+                    .with_label_values(&["stale"])
+                    .inc();
+                self.throttle.record_success(key);
+                if let Some(suppressed) = self.stale_log.allow() {
+                    tracing::warn!(error = %error, similar_warnings_suppressed = suppressed, "cannot check a password, login answered from the login cache");
+                }
+                tracing::debug!(
+                    login = key,
+                    "authentication succeeded (login cache, backend failing)"
+                );
+                return AuthResult::Success(key.to_owned());
+            }
+            OutageAnswer::Refuted => {
+                // Not the password userli last passed: maybe mistyped, maybe
+                // changed since, maybe guessed. Told to retry (454), never that it
+                // is wrong, but counted, so guessing against the cache during an
+                // outage meets the same lock-out as guessing against userli.
+                self.metrics
+                    .login_cache_answers
+                    .with_label_values(&["mismatch"])
+                    .inc();
+                self.throttle.record_failure(key, client);
+                tracing::debug!(login = key, client = ?client, "password differs from the cached one while the backend fails: dropping the auth connection (454)");
+            }
+            OutageAnswer::Unknown => {}
+        }
+        self.metrics.unavailable.inc();
+        if let Some(suppressed) = self.error_log.allow() {
+            tracing::warn!(error = %error, similar_warnings_suppressed = suppressed, "cannot check a password, dropping the auth connection (Postfix answers 454)");
+        }
+        AuthResult::Unavailable
     }
 
     fn failure(&self, reason: String, delay: Duration) -> AuthResult {

@@ -25,6 +25,7 @@ fn settings() -> SaslSettings {
         max_checks_per_client: 4,
         breaker_failures: 3,
         breaker_cooldown: Duration::from_secs(60),
+        cache: LoginCacheSettings::OFF,
     }
 }
 
@@ -248,4 +249,164 @@ async fn an_ipv6_client_cannot_dodge_the_cap_by_rotating_through_its_64() {
     for w in waiting {
         w.await.unwrap();
     }
+}
+
+fn cached(ttl: Duration) -> SaslSettings {
+    SaslSettings {
+        cache: LoginCacheSettings {
+            ttl,
+            stale_ttl: Duration::from_secs(3600),
+            max_bytes: 1 << 20,
+            persist: false,
+        },
+        ..settings()
+    }
+}
+
+/// A service with the login cache over a directory that can go down.
+fn cached_service(ttl: Duration) -> (Arc<SaslService>, Arc<StubBackend>) {
+    let directory = Arc::new(
+        StubBackend::new()
+            .login("user@example.org", "right")
+            .refused("spammer@example.org", "account locked for spam"),
+    );
+    let metrics = SaslMetrics::register(&Metrics::new().unwrap()).unwrap();
+    let backend: Arc<dyn LookupBackend> = directory.clone();
+    (
+        Arc::new(SaslService::new(backend, cached(ttl), metrics)),
+        directory,
+    )
+}
+
+fn cache_answers(s: &SaslService, answer: &str) -> u64 {
+    s.metrics()
+        .login_cache_answers
+        .with_label_values(&[answer])
+        .get()
+}
+
+#[tokio::test]
+async fn within_the_ttl_the_same_password_is_answered_without_the_backend() {
+    let (s, directory) = cached_service(Duration::from_secs(3600));
+    let ok = AuthResult::Success("user@example.org".into());
+    assert_eq!(auth(&s, "user@example.org", "right", "192.0.2.1").await, ok);
+    assert_eq!(directory.take_calls(), ["auth user@example.org"]);
+    for _ in 0..10 {
+        assert_eq!(auth(&s, "User@Example.org", "right", "192.0.2.1").await, ok);
+    }
+    assert!(directory.take_calls().is_empty(), "answered from the cache");
+    assert_eq!(cache_answers(&s, "fresh"), 10);
+    // Another password always asks the backend.
+    assert!(matches!(
+        auth(&s, "user@example.org", "wrong", "192.0.2.1").await,
+        AuthResult::Failure { .. }
+    ));
+    assert_eq!(directory.take_calls(), ["auth user@example.org"]);
+}
+
+#[tokio::test]
+async fn during_an_outage_a_known_password_succeeds_and_any_other_is_an_outage() {
+    let (s, directory) = cached_service(Duration::ZERO);
+    let ok = AuthResult::Success("user@example.org".into());
+    assert_eq!(auth(&s, "user@example.org", "right", "192.0.2.1").await, ok);
+    directory.start_outage(Fault::Unavailable);
+    assert_eq!(auth(&s, "user@example.org", "right", "192.0.2.1").await, ok);
+    assert_eq!(
+        directory.take_calls().len(),
+        2,
+        "TTL 0: the backend is asked first every time"
+    );
+    assert_eq!(cache_answers(&s, "stale"), 1);
+    // A mistyped password during the outage: retry later (454), never 535.
+    assert_eq!(
+        auth(&s, "user@example.org", "wrong", "192.0.2.1").await,
+        AuthResult::Unavailable
+    );
+    assert_eq!(cache_answers(&s, "mismatch"), 1);
+    assert_eq!(
+        s.throttle.failures("user@example.org", None),
+        1,
+        "a mismatch counts towards the lock-out"
+    );
+    // Never seen: an outage as before.
+    assert_eq!(
+        auth(&s, "other@example.org", "right", "192.0.2.1").await,
+        AuthResult::Unavailable
+    );
+    directory.end_outage();
+    assert_eq!(auth(&s, "user@example.org", "right", "192.0.2.1").await, ok);
+}
+
+#[tokio::test]
+async fn a_refusal_by_a_healthy_backend_is_never_cached_and_drops_the_login() {
+    let (s, directory) = cached_service(Duration::from_secs(3600));
+    assert!(matches!(
+        auth(&s, "spammer@example.org", "anything", "192.0.2.1").await,
+        AuthResult::Failure { .. }
+    ));
+    directory.start_outage(Fault::Timeout);
+    assert_eq!(
+        auth(&s, "spammer@example.org", "anything", "192.0.2.1").await,
+        AuthResult::Unavailable,
+        "a refused login is never a cached success"
+    );
+    directory.end_outage();
+
+    // Logged in, then the password changes in the directory: the next check with
+    // another password fails against the healthy backend and drops the entry, so
+    // an outage right after cannot bring the old one back.
+    assert!(matches!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Success(_)
+    ));
+    assert!(matches!(
+        auth(&s, "user@example.org", "guess", "192.0.2.1").await,
+        AuthResult::Failure { .. }
+    ));
+    directory.start_outage(Fault::Unavailable);
+    assert_eq!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Unavailable
+    );
+}
+
+#[tokio::test]
+async fn forgetting_the_logins_makes_every_login_ask_the_backend() {
+    let (s, directory) = cached_service(Duration::from_secs(3600));
+    assert!(matches!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Success(_)
+    ));
+    assert_eq!(s.metrics().login_cache_entries.get(), 1);
+    s.forget_logins();
+    assert_eq!(s.metrics().login_cache_entries.get(), 0);
+    directory.take_calls();
+    directory.start_outage(Fault::Unavailable);
+    assert_eq!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Unavailable
+    );
+    assert_eq!(directory.take_calls(), ["auth user@example.org"]);
+}
+
+#[tokio::test]
+async fn a_locked_out_login_is_not_answered_from_the_cache() {
+    let (s, _) = service(SaslSettings {
+        throttle: ThrottleSettings {
+            lockout_failures: 2,
+            ..settings().throttle
+        },
+        ..cached(Duration::from_secs(3600))
+    });
+    assert!(matches!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Success(_)
+    ));
+    for _ in 0..2 {
+        auth(&s, "user@example.org", "wrong", "192.0.2.9").await;
+    }
+    assert!(matches!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Failure { .. }
+    ));
 }

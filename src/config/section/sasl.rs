@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::config::ConfigError;
 use crate::config::raw::Raw;
-use crate::sasl::{SaslSettings, ThrottleSettings};
+use crate::sasl::{LoginCacheSettings, SaslSettings, ThrottleSettings};
 
 use super::LookupSection;
 
@@ -23,6 +23,15 @@ pub struct SaslSection {
     pub max_checks: usize,
     /// `SASL_MAX_CHECKS_PER_CLIENT`.
     pub max_checks_per_client: usize,
+    /// `SASL_CACHE_TTL`: a login with the password userli last passed succeeds
+    /// this long without asking userli (0: always ask).
+    pub cache_ttl: Duration,
+    /// `SASL_CACHE_STALE_TTL`: and this long beyond, only while userli fails.
+    pub cache_stale_ttl: Duration,
+    /// `SASL_CACHE_MAX_BYTES`.
+    pub cache_max_bytes: u64,
+    /// `SASL_CACHE_PERSIST`: the verifiers (argon2id) kept in the state directory.
+    pub cache_persist: bool,
 }
 
 impl SaslSection {
@@ -42,6 +51,10 @@ impl SaslSection {
             failure_window: raw.positive_duration("SASL_FAILURE_WINDOW")?,
             max_checks: raw.number("SASL_MAX_CONCURRENT_CHECKS", 1, 100_000)?,
             max_checks_per_client: raw.number("SASL_MAX_CHECKS_PER_CLIENT", 1, 100_000)?,
+            cache_ttl: raw.duration("SASL_CACHE_TTL")?,
+            cache_stale_ttl: raw.duration("SASL_CACHE_STALE_TTL")?,
+            cache_max_bytes: raw.byte_size("SASL_CACHE_MAX_BYTES", 0, 4 << 30)?,
+            cache_persist: raw.choice("SASL_CACHE_PERSIST", ["false", "true"])?,
         })
     }
 
@@ -60,6 +73,12 @@ impl SaslSection {
             max_checks_per_client: self.max_checks_per_client,
             breaker_failures: lookups.breaker_failures,
             breaker_cooldown: lookups.breaker_cooldown,
+            cache: LoginCacheSettings {
+                ttl: self.cache_ttl,
+                stale_ttl: self.cache_stale_ttl,
+                max_bytes: self.cache_max_bytes,
+                persist: self.cache_persist,
+            },
         }
     }
 }

@@ -55,6 +55,7 @@ fn settings(timeout: Duration) -> SaslSettings {
         max_checks_per_client: 4,
         breaker_failures: 5,
         breaker_cooldown: Duration::from_secs(5),
+        cache: crate::sasl::LoginCacheSettings::OFF,
     }
 }
 

@@ -53,6 +53,8 @@ pub struct StubBackend {
     /// By key, and by question (`None`: every question).
     faults: HashMap<(Option<String>, String), Fault>,
     health: Option<Fault>,
+    /// A fault for every call (health checks included) while set: an outage.
+    outage: Mutex<Option<Fault>>,
     calls: Mutex<Vec<String>>,
     released: watch::Sender<bool>,
 }
@@ -81,6 +83,7 @@ impl StubBackend {
             logins: HashMap::new(),
             faults: HashMap::new(),
             health: None,
+            outage: Mutex::new(None),
             calls: Mutex::new(Vec::new()),
             released: watch::Sender::new(false),
         }
@@ -173,6 +176,25 @@ impl StubBackend {
         self
     }
 
+    /// From now on every call (health checks included) goes wrong this way, until
+    /// [`end_outage`](Self::end_outage): a backend going down under a running
+    /// server, for testing what is served from caches meanwhile.
+    pub fn start_outage(&self, fault: Fault) {
+        *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = Some(fault);
+    }
+
+    /// Ends [`start_outage`](Self::start_outage): calls answer from the tables again.
+    pub fn end_outage(&self) {
+        *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn outage(&self) -> Option<Fault> {
+        self.outage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Lets every call held by [`Fault::Held`] (now or later) answer.
     pub fn release(&self) {
         self.released.send_replace(true);
@@ -194,6 +216,9 @@ impl StubBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(format!("{question} {key}"));
+        if let Some(outage) = self.outage() {
+            return self.apply(&outage).await;
+        }
         let fault = self
             .faults
             .get(&(Some(question.to_owned()), key.to_owned()))
@@ -280,6 +305,9 @@ impl LookupBackend for StubBackend {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push("health".to_owned());
+        if let Some(outage) = self.outage() {
+            return self.apply(&outage).await;
+        }
         match &self.health {
             None => Ok(()),
             Some(fault) => self.apply(fault).await,
