@@ -438,7 +438,7 @@ impl Server {
         if let Some((file, stop_saving, saver)) = login_saver {
             stop_saving.cancel();
             let _ = saver.await;
-            file.save().await;
+            file.save_at_shutdown().await;
         }
     }
 }

@@ -298,6 +298,21 @@ fn backend_down_is_a_temporary_failure() {
     }
     // Postfix saw the auth connection go away, and reconnects for the next AUTH
     // (which got its 454 above instead of "no SASL authentication mechanisms").
+    // Each of the three reached the adapter: the dropped connection is reset, so
+    // smtpd's next write fails and it reconnects, instead of writing into the
+    // dead connection and failing on reading without asking the adapter at all.
+    let scraped = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(adapter.scrape());
+    assert_eq!(
+        common::metric(
+            &scraped,
+            "userli_postfix_adapter_sasl_backend_unavailable_total",
+            ""
+        ),
+        3.0,
+        "every AUTH reached the adapter"
+    );
     postfix.wait_for_log(&["SASL PLAIN authentication failed"]);
     assert!(
         !postfix

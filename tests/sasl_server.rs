@@ -449,3 +449,151 @@ async fn failure_time<S: AsyncRead + AsyncWrite + Unpin>(
     assert!(reply.starts_with("FAIL\t"), "{login}: {reply}");
     took
 }
+
+/// Opens a raw TCP auth connection and reads the handshake up to `DONE`.
+async fn raw_handshake(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"VERSION\t1\t0\nCPID\t1\n").await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !seen.ends_with(b"DONE\n") {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert_ne!(n, 0, "handshake cut short");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stream
+}
+
+/// How the server ended the connection, read from the client side.
+async fn end_of(stream: &mut tokio::net::TcpStream) -> std::io::ErrorKind {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+        .await
+        .expect("the server ends the connection")
+    {
+        Ok(0) => std::io::ErrorKind::UnexpectedEof,
+        Ok(n) => panic!("unexpected bytes: {:?}", &buf[..n]),
+        Err(e) => e.kind(),
+    }
+}
+
+/// Postfix's Dovecot client writes a request before it reads: on a connection
+/// the server ended in order, its next AUTH is written without error and fails
+/// on reading (one more 454, maybe another user's once the backend is back). A
+/// reset makes that write fail, and Postfix reconnects at once. So the server
+/// resets when it drops a connection for an outage, and when it closes a quiet
+/// one at shutdown; one that has just answered is closed in order, so that the
+/// answer is read.
+#[tokio::test]
+async fn dropped_and_quiet_auth_connections_are_reset() {
+    use tokio::io::AsyncWriteExt;
+    let api = MockServer::start().await;
+    auth_mock(&api, "broken@example.org", "pw", 500, serde_json::json!({})).await;
+    auth_mock(
+        &api,
+        "user@example.org",
+        "pw",
+        200,
+        serde_json::json!({"message": "success"}),
+    )
+    .await;
+    let server = common::start_userli(
+        &api.uri(),
+        &[
+            ("SASL_LISTEN_ADDR", "127.0.0.1:0"),
+            ("SASL_FAILURE_DELAY", "0"),
+        ],
+    )
+    .await;
+    let addr = sasl_addr(&server);
+
+    let mut dropped = raw_handshake(addr).await;
+    dropped
+        .write_all(auth_plain(1, "broken@example.org", "pw", "192.0.2.9").as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(
+        end_of(&mut dropped).await,
+        std::io::ErrorKind::ConnectionReset,
+        "an outage drop is a reset"
+    );
+
+    let mut quiet = raw_handshake(addr).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let mut answered = raw_handshake(addr).await;
+    answered
+        .write_all(auth_plain(1, "user@example.org", "pw", "192.0.2.9").as_bytes())
+        .await
+        .unwrap();
+    let mut reply = [0u8; 64];
+    let n = tokio::io::AsyncReadExt::read(&mut answered, &mut reply)
+        .await
+        .unwrap();
+    assert!(reply[..n].starts_with(b"OK\t1\t"), "{:?}", &reply[..n]);
+    server.shutdown().await;
+    assert_eq!(
+        end_of(&mut quiet).await,
+        std::io::ErrorKind::ConnectionReset,
+        "quiet for a second: reset at shutdown"
+    );
+    assert_eq!(
+        end_of(&mut answered).await,
+        std::io::ErrorKind::UnexpectedEof,
+        "just answered: an orderly end"
+    );
+}
+
+/// The verified logins kept on disk (`SASL_CACHE_PERSIST=true`), by the binary:
+/// written at shutdown, loaded at start, emptied by SIGHUP (in memory and on
+/// disk), and removed when the setting is turned off again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_logins_are_saved_loaded_dropped_by_sighup_and_removed_when_off() {
+    use common::Adapter;
+    use postfix_adapter_clients::sasl::SaslClient;
+    let state = tempfile::tempdir().unwrap();
+    let file = state.path().join("sasl-login-cache.json");
+    let dir = state.path().to_str().unwrap();
+    let spawn = |persist: &str| {
+        tokio::task::block_in_place(|| {
+            Adapter::spawn_demo(&[("SASL_CACHE_PERSIST", persist), ("STATE_DIRECTORY", dir)])
+        })
+    };
+    let entries = || -> usize {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        v["entries"].as_array().unwrap().len()
+    };
+
+    let adapter = spawn("true");
+    let addr = adapter.sasl.as_ref().unwrap().parse().unwrap();
+    let mut sasl = SaslClient::tcp(addr).await.unwrap();
+    let reply = sasl
+        .auth_plain("user@example.org", "password", "192.0.2.1")
+        .await
+        .unwrap();
+    assert!(reply.starts_with("OK\t"), "{reply}");
+    drop(sasl);
+    assert!(tokio::task::block_in_place(|| adapter.terminate()).success());
+    assert_eq!(entries(), 1, "saved at shutdown");
+
+    let adapter = spawn("true");
+    let loaded = adapter
+        .startup_log("login cache loaded")
+        .expect("the file is loaded at start");
+    assert_eq!(loaded["loaded"], 1);
+    adapter.signal("HUP");
+    tokio::task::block_in_place(|| adapter.wait_for_log("login cache dropped"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while entries() != 0 {
+        assert!(Instant::now() < deadline, "SIGHUP empties the file too");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(tokio::task::block_in_place(|| adapter.terminate()).success());
+    assert_eq!(entries(), 0);
+
+    let adapter = spawn("false");
+    assert!(!file.exists(), "turned off: no password hashes left behind");
+    drop(adapter);
+}

@@ -317,13 +317,13 @@ pub const SETTINGS: &[Setting] = &[
         "SASL_CACHE_TTL",
         Some("1h"),
         false,
-        "After userli passes a login, the same password succeeds this long without asking userli again (as Dovecot's `auth_cache_ttl`); another password always asks userli. A password changed or an account locked in userli therefore stops the *old* password only after this time (or at once after SIGHUP, which drops the login cache); the new password works at once. `0`: always ask userli, the cache then answers only while userli fails.",
+        "After userli passes a login, the same password succeeds this long without asking userli again (as Dovecot's `auth_cache_ttl`); another password always asks userli. A password changed or an account locked in userli therefore stops the *old* password only after this time (or at once after SIGHUP, which drops the login cache); the new password works at once. `0`: always ask userli, the cache then answers only while userli fails. At most `720h`.",
     ),
     s(
         "SASL_CACHE_STALE_TTL",
         Some("24h"),
         false,
-        "How long beyond `SASL_CACHE_TTL` a verified login still succeeds, but only while userli fails or misses `LOOKUP_TIMEOUT`: users who logged in during the last day keep sending through an outage. During an outage any other password is answered as an outage (the auth connection is dropped, Postfix answers 454), never as a success or a wrong password. A check that userli refuses drops the login from the cache at once. `0` with `SASL_CACHE_TTL=0`: no login cache.",
+        "How long beyond `SASL_CACHE_TTL` a verified login still succeeds, but only while userli fails or misses `LOOKUP_TIMEOUT`: users who logged in during the last day keep sending through an outage. During an outage any other password is answered as an outage (the auth connection is dropped, Postfix answers 454), never as a success or a wrong password, and counts towards the client address's lock-out. Userli refusing the cached password itself (changed, account locked) drops the login at once; a wrong password leaves it, so nobody can erase someone else's outage protection. `0` with `SASL_CACHE_TTL=0`: no login cache. At most `720h`.",
     ),
     s(
         "SASL_CACHE_MAX_BYTES",

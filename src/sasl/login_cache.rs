@@ -21,8 +21,9 @@
 
 pub(crate) mod file;
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use ring::hmac;
@@ -57,7 +58,12 @@ impl LoginCacheSettings {
 
     /// Whether anything is kept at all.
     pub(crate) fn enabled(&self) -> bool {
-        !(self.ttl + self.stale_ttl).is_zero() && self.max_bytes > 0
+        !self.window().is_zero() && self.max_bytes > 0
+    }
+
+    /// How long after a check userli passed a verifier is kept at all.
+    pub(crate) fn window(&self) -> Duration {
+        self.ttl.saturating_add(self.stale_ttl)
     }
 }
 
@@ -127,7 +133,7 @@ impl Argon2Cost {
 
 /// One verified login.
 #[derive(Debug)]
-struct Verifier {
+pub(crate) struct Verifier {
     /// HMAC of login and password with the process key; `None` for one loaded
     /// from disk until a login proves its password against [`Self::stored`].
     keyed: Option<[u8; HASH_LEN]>,
@@ -137,6 +143,20 @@ struct Verifier {
     verified: Instant,
     /// Loaded from disk: used only when userli fails, like loaded lookup answers.
     stale_only: bool,
+    /// An argon2id hash for this verifier is being computed.
+    hashing: AtomicBool,
+}
+
+impl Verifier {
+    fn new(keyed: Option<[u8; HASH_LEN]>, stored: Option<StoredHash>, verified: Instant) -> Self {
+        Self {
+            keyed,
+            stored,
+            verified,
+            stale_only: false,
+            hashing: AtomicBool::new(false),
+        }
+    }
 }
 
 /// A verifier as it goes to and comes from disk: the login, its argon2id hash,
@@ -159,8 +179,18 @@ pub(crate) struct LoginCache {
     settings: LoginCacheSettings,
     key: hmac::Key,
     entries: moka::sync::Cache<String, Arc<Verifier>>,
-    /// Slots for argon2id work (each takes [`ARGON2_MEMORY_KIB`]).
-    argon2_slots: Arc<Semaphore>,
+    /// Slots for checking passwords against argon2id verifiers during an outage
+    /// (each takes [`ARGON2_MEMORY_KIB`]).
+    outage_slots: Arc<Semaphore>,
+    /// The one slot for hashing verifiers to keep on disk: background work that
+    /// must never take the outage checks' slots.
+    hashing_slot: Arc<Semaphore>,
+    /// The SMTP clients with an outage check in flight: one at a time each, so one
+    /// client cannot hold every slot.
+    checking_clients: std::sync::Mutex<std::collections::HashSet<Option<IpAddr>>>,
+    /// Bumped by [`Self::clear`]: work started before it must not bring back
+    /// what it dropped.
+    generation: AtomicU64,
     /// Changed since the file was last written.
     dirty: AtomicBool,
     random: SystemRandom,
@@ -172,6 +202,11 @@ impl std::fmt::Debug for LoginCache {
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether `current` is still the verifier `expected`, of generation `generation`.
+fn unchanged(current: Option<&Arc<Verifier>>, expected: &Arc<Verifier>) -> bool {
+    current.is_some_and(|c| Arc::ptr_eq(c, expected))
 }
 
 impl LoginCache {
@@ -190,9 +225,14 @@ impl LoginCache {
                 .weigher(|login: &String, _: &Arc<Verifier>| {
                     u32::try_from(login.capacity() + ENTRY_OVERHEAD_BYTES).unwrap_or(u32::MAX)
                 })
-                .time_to_live((settings.ttl + settings.stale_ttl).max(Duration::from_millis(1)))
+                // Full: the login not seen longest goes, never a new one.
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
+                .time_to_live(settings.window().max(Duration::from_millis(1)))
                 .build(),
-            argon2_slots: Arc::new(Semaphore::new(slots)),
+            outage_slots: Arc::new(Semaphore::new(slots)),
+            hashing_slot: Arc::new(Semaphore::new(1)),
+            checking_clients: std::sync::Mutex::default(),
+            generation: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             random,
         }
@@ -219,98 +259,158 @@ impl LoginCache {
         Some(bool::from(keyed.ct_eq(&self.keyed_hash(login, password))))
     }
 
+    /// Replaces `expected` with what `upgrade` makes of it, atomically, unless it
+    /// was replaced, forgotten or cleared meanwhile.
+    fn upgrade(
+        &self,
+        login: &str,
+        expected: &Arc<Verifier>,
+        generation: u64,
+        upgrade: impl FnOnce(&Verifier) -> Verifier,
+    ) {
+        let _ = self
+            .entries
+            .entry(login.to_owned())
+            .and_compute_with(|current| {
+                if unchanged(current.as_ref().map(moka::Entry::value), expected)
+                    && self.generation.load(Ordering::SeqCst) == generation
+                {
+                    moka::ops::compute::Op::Put(Arc::new(upgrade(expected)))
+                } else {
+                    moka::ops::compute::Op::Nop
+                }
+            });
+    }
+
     /// Whether `password` is the one userli passed for `login` within the TTL: then
-    /// the login succeeds without asking userli.
-    pub(crate) fn answers_fresh(&self, login: &str, password: &[u8]) -> bool {
-        let Some(verifier) = self.entries.get(login) else {
-            return false;
-        };
-        !verifier.stale_only
+    /// the login succeeds without asking userli. The matching verifier, for
+    /// [`Self::keep_on_disk`].
+    pub(crate) fn answers_fresh(&self, login: &str, password: &[u8]) -> Option<Arc<Verifier>> {
+        let verifier = self.entries.get(login)?;
+        (!verifier.stale_only
             && verifier.verified.elapsed() < self.settings.ttl
-            && self.matches_keyed(&verifier, login, password) == Some(true)
+            && self.matches_keyed(&verifier, login, password) == Some(true))
+        .then_some(verifier)
     }
 
-    /// Userli passed `password` for `login`: keep (or renew) its verifier.
+    /// Userli passed `password` for `login`: keep (or renew) its verifier. The same
+    /// password keeps its argon2id hash (no new hashing); another replaces it.
     pub(crate) fn remember(self: &Arc<Self>, login: &str, password: &[u8]) {
-        let verifier = Verifier {
-            keyed: Some(self.keyed_hash(login, password)),
-            stored: None,
-            verified: Instant::now(),
-            stale_only: false,
-        };
-        self.entries.insert(login.to_owned(), Arc::new(verifier));
+        let keyed = self.keyed_hash(login, password);
+        let now = Instant::now();
+        let result = self
+            .entries
+            .entry(login.to_owned())
+            .and_compute_with(|current| {
+                let stored = current
+                    .as_ref()
+                    .map(moka::Entry::value)
+                    .filter(|v| v.keyed.is_some_and(|k| bool::from(k.ct_eq(&keyed))))
+                    .and_then(|v| v.stored.clone());
+                moka::ops::compute::Op::Put(Arc::new(Verifier::new(Some(keyed), stored, now)))
+            });
         self.dirty.store(true, Ordering::Relaxed);
-        self.keep_on_disk(login, password);
+        if let moka::ops::compute::CompResult::Inserted(entry)
+        | moka::ops::compute::CompResult::ReplacedWith(entry) = result
+        {
+            self.keep_on_disk(login, password, entry.value());
+        }
     }
 
-    /// When logins are kept on disk and `login`'s verifier has no argon2id hash
-    /// yet, computes one in the background, if a slot is free (otherwise at a
-    /// later login: the request never waits for it).
-    pub(crate) fn keep_on_disk(self: &Arc<Self>, login: &str, password: &[u8]) {
-        if !self.settings.persist {
+    /// When logins are kept on disk and `verifier` (the one just checked for
+    /// `login` with `password`) has no argon2id hash yet, computes one in the
+    /// background if the hashing slot is free (otherwise at a later login: the
+    /// request never waits for it).
+    pub(crate) fn keep_on_disk(
+        self: &Arc<Self>,
+        login: &str,
+        password: &[u8],
+        verifier: &Arc<Verifier>,
+    ) {
+        if !self.settings.persist || verifier.stored.is_some() {
             return;
         }
-        let Some(verifier) = self.entries.get(login) else {
+        let Ok(slot) = self.hashing_slot.clone().try_acquire_owned() else {
             return;
         };
-        if verifier.stored.is_some() {
+        if verifier.hashing.swap(true, Ordering::SeqCst) {
             return;
         }
-        let Ok(slot) = self.argon2_slots.clone().try_acquire_owned() else {
-            return;
-        };
         let mut salt = [0u8; SALT_LEN];
         if self.random.fill(&mut salt).is_err() {
+            verifier.hashing.store(false, Ordering::SeqCst);
             return;
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let cache = Arc::clone(self);
         let login = login.to_owned();
+        let verifier = Arc::clone(verifier);
         let password = zeroizing(password);
         tokio::task::spawn_blocking(move || {
-            let hash = Argon2Cost::CURRENT.hash(&password.0, &salt);
-            drop(slot);
-            let Some(hash) = hash else { return };
-            // Only onto the verifier it was made for: a newer check replaced it.
-            if let Some(current) = cache.entries.get(&login)
-                && Arc::ptr_eq(&current, &verifier)
-            {
-                let upgraded = Verifier {
-                    keyed: current.keyed,
+            if let Some(hash) = Argon2Cost::CURRENT.hash(&password.0, &salt) {
+                // Only onto the verifier it was made for: a newer check, a
+                // refusal or a SIGHUP since leaves the entry alone.
+                cache.upgrade(&login, &verifier, generation, |v| Verifier {
                     stored: Some(StoredHash { salt, hash }),
-                    verified: current.verified,
-                    stale_only: current.stale_only,
-                };
-                cache.entries.insert(login, Arc::new(upgraded));
+                    stale_only: v.stale_only,
+                    ..Verifier::new(v.keyed, None, v.verified)
+                });
                 cache.dirty.store(true, Ordering::Relaxed);
             }
+            verifier.hashing.store(false, Ordering::SeqCst);
+            // Released last, so that waiting for the slot waits for the entry.
+            drop(slot);
         });
     }
 
-    /// Userli refused `login` (a wrong password, a locked account): the cache must
-    /// not answer for it any more.
-    pub(crate) fn forget(&self, login: &str) {
-        if self.entries.remove(login).is_some() {
+    /// Userli refused `password` for `login` (a wrong password, a locked
+    /// account): if it is the password the cache holds, the cache must not
+    /// answer for it any more. Another password refused says nothing about the
+    /// cached one, so it stays: otherwise anyone could erase anyone's outage
+    /// protection with one wrong password (or one the backend refuses without
+    /// asking the directory, as userli's does with an over-long one while the
+    /// directory is down). A verifier loaded from disk, which only an argon2id
+    /// hash could compare, goes on any refusal of a password that reached the
+    /// directory (`screened`).
+    pub(crate) fn forget_if_refused(&self, login: &str, password: &[u8], screened: bool) -> bool {
+        let keyed = self.keyed_hash(login, password);
+        let result = self
+            .entries
+            .entry(login.to_owned())
+            .and_compute_with(|current| match current.as_ref().map(moka::Entry::value) {
+                Some(v) if v.keyed.is_some_and(|k| bool::from(k.ct_eq(&keyed))) => {
+                    moka::ops::compute::Op::Remove
+                }
+                Some(v) if v.keyed.is_none() && screened => moka::ops::compute::Op::Remove,
+                _ => moka::ops::compute::Op::Nop,
+            });
+        let removed = matches!(result, moka::ops::compute::CompResult::Removed(_));
+        if removed {
             self.dirty.store(true, Ordering::Relaxed);
         }
+        removed
     }
 
     /// Drops every verifier (SIGHUP).
     pub(crate) fn clear(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.entries.invalidate_all();
         self.dirty.store(true, Ordering::Relaxed);
     }
 
     /// The answer while userli cannot: whether `password` is the one userli last
-    /// passed for `login` within the TTL and the stale window.
+    /// passed for `login` within the TTL and the stale window. `client` (the SMTP
+    /// client's network) may have one argon2id check in flight at a time.
     pub(crate) async fn answer_in_outage(
         self: &Arc<Self>,
         login: &str,
         password: &[u8],
+        client: Option<IpAddr>,
     ) -> OutageAnswer {
         let Some(verifier) = self.entries.get(login) else {
             return OutageAnswer::Unknown;
         };
-        if verifier.verified.elapsed() >= self.settings.ttl + self.settings.stale_ttl {
+        if verifier.verified.elapsed() >= self.settings.window() {
             return OutageAnswer::Unknown;
         }
         if let Some(matches) = self.matches_keyed(&verifier, login, password) {
@@ -323,8 +423,12 @@ impl LoginCache {
         let Some(stored) = verifier.stored.clone() else {
             return OutageAnswer::Unknown;
         };
+        let Some(_turn) = ClientTurn::take(&self.checking_clients, client) else {
+            return OutageAnswer::Unknown;
+        };
+        let generation = self.generation.load(Ordering::SeqCst);
         let verified = tokio::time::timeout(OUTAGE_VERIFY_BUDGET, async {
-            let slot = self.argon2_slots.clone().acquire_owned().await.ok()?;
+            let slot = self.outage_slots.clone().acquire_owned().await.ok()?;
             let password = zeroizing(password);
             tokio::task::spawn_blocking(move || {
                 let hash = Argon2Cost::CURRENT.hash(&password.0, &stored.salt);
@@ -341,17 +445,11 @@ impl LoginCache {
         match verified {
             Some(true) => {
                 // Proven once: later logins need only the keyed hash.
-                if let Some(current) = self.entries.get(login)
-                    && Arc::ptr_eq(&current, &verifier)
-                {
-                    let upgraded = Verifier {
-                        keyed: Some(self.keyed_hash(login, password)),
-                        stored: current.stored.clone(),
-                        verified: current.verified,
-                        stale_only: current.stale_only,
-                    };
-                    self.entries.insert(login.to_owned(), Arc::new(upgraded));
-                }
+                let keyed = self.keyed_hash(login, password);
+                self.upgrade(login, &verifier, generation, |v| Verifier {
+                    stale_only: v.stale_only,
+                    ..Verifier::new(Some(keyed), v.stored.clone(), v.verified)
+                });
                 OutageAnswer::Verified
             }
             Some(false) => OutageAnswer::Refuted,
@@ -359,10 +457,17 @@ impl LoginCache {
         }
     }
 
-    /// How many logins are held, and their bytes as the cache weighs them.
-    pub(crate) fn size(&self) -> (u64, u64) {
+    /// How many logins are held, and their bytes as the cache weighs them. Runs
+    /// the cache's upkeep first: call it when something changed, not per request.
+    pub(crate) fn exact_size(&self) -> (u64, u64) {
         self.entries.run_pending_tasks();
         (self.entries.entry_count(), self.entries.weighted_size())
+    }
+
+    /// Waits, at most `limit`, for the argon2id hash being computed, so that a
+    /// save at shutdown keeps the logins of the last moments too.
+    pub(crate) async fn settle(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.hashing_slot.acquire()).await;
     }
 
     /// Marks the cache changed (a write that failed is tried again).
@@ -391,7 +496,7 @@ impl LoginCache {
     /// those already past the stale window are skipped. How many were loaded.
     pub(crate) fn import(&self, verifiers: impl IntoIterator<Item = PersistedLogin>) -> usize {
         let now = Instant::now();
-        let window = self.settings.ttl + self.settings.stale_ttl;
+        let window = self.settings.window();
         let mut loaded = 0;
         for (login, stored, age) in verifiers {
             if age >= window || self.entries.contains_key(&login) {
@@ -403,15 +508,42 @@ impl LoginCache {
             self.entries.insert(
                 login,
                 Arc::new(Verifier {
-                    keyed: None,
-                    stored: Some(stored),
-                    verified,
                     stale_only: true,
+                    ..Verifier::new(None, Some(stored), verified)
                 }),
             );
             loaded += 1;
         }
         loaded
+    }
+}
+
+/// An SMTP client's turn at an argon2id check during an outage; ends on drop.
+struct ClientTurn<'a> {
+    clients: &'a std::sync::Mutex<std::collections::HashSet<Option<IpAddr>>>,
+    client: Option<IpAddr>,
+}
+
+impl<'a> ClientTurn<'a> {
+    /// The turn of `client`, unless it has one already.
+    fn take(
+        clients: &'a std::sync::Mutex<std::collections::HashSet<Option<IpAddr>>>,
+        client: Option<IpAddr>,
+    ) -> Option<Self> {
+        let fresh = clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(client);
+        fresh.then_some(Self { clients, client })
+    }
+}
+
+impl Drop for ClientTurn<'_> {
+    fn drop(&mut self) {
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.client);
     }
 }
 

@@ -26,7 +26,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postfix_adapter_backend::{AuthOutcome, BackendError, LookupBackend};
+use postfix_adapter_backend::{AuthOutcome, BackendError, LookupBackend, MAX_PASSWORD_BYTES};
 
 use crate::access::canonical_ip;
 use crate::log_throttle::LogThrottle;
@@ -169,7 +169,7 @@ impl SaslService {
     }
 
     fn update_cache_size(&self, logins: &LoginCache) {
-        let (entries, bytes) = logins.size();
+        let (entries, bytes) = logins.exact_size();
         self.metrics
             .login_cache_entries
             .set(i64::try_from(entries).unwrap_or(i64::MAX));
@@ -252,14 +252,14 @@ impl SaslService {
             };
         }
         if let Some(logins) = &self.logins
-            && logins.answers_fresh(key, password)
+            && let Some(verifier) = logins.answers_fresh(key, password)
         {
             self.metrics
                 .login_cache_answers
                 .with_label_values(&["fresh"])
                 .inc();
             self.throttle.record_success(key);
-            logins.keep_on_disk(key, password);
+            logins.keep_on_disk(key, password, &verifier);
             tracing::debug!(
                 login = key,
                 "authentication succeeded (login cache, within SASL_CACHE_TTL)"
@@ -301,8 +301,16 @@ impl SaslService {
                 // Whatever the reason (password, spam lock, password change
                 // required): the backend said no, so the cache must not say yes.
                 if let Some(logins) = &self.logins {
-                    logins.forget(key);
-                    self.update_cache_size(logins);
+                    // What userli's backend refuses without asking userli (so
+                    // even while userli is down) says nothing about the account.
+                    let screened = !password.is_empty()
+                        && password.len() <= MAX_PASSWORD_BYTES
+                        && std::str::from_utf8(password).is_ok();
+                    // Counted only when something went: a flood of wrong
+                    // passwords must not run the cache's upkeep each time.
+                    if logins.forget_if_refused(key, password, screened) {
+                        self.update_cache_size(logins);
+                    }
                 }
                 tracing::debug!(login = key, client = ?client, "authentication failed");
                 let delay = self.throttle.record_failure(key, client);
@@ -327,7 +335,7 @@ impl SaslService {
         error: &BackendError,
     ) -> AuthResult {
         let cached = match &self.logins {
-            Some(logins) => logins.answer_in_outage(key, password).await,
+            Some(logins) => logins.answer_in_outage(key, password, client).await,
             None => OutageAnswer::Unknown,
         };
         match cached {
@@ -349,13 +357,15 @@ impl SaslService {
             OutageAnswer::Refuted => {
                 // Not the password userli last passed: maybe mistyped, maybe
                 // changed since, maybe guessed. Told to retry (454), never that it
-                // is wrong, but counted, so guessing against the cache during an
-                // outage meets the same lock-out as guessing against userli.
+                // is wrong, but counted against the client address, so guessing
+                // against the cache during an outage meets the lock-out; not
+                // against the login, whose owner would be locked out (a `FAIL`)
+                // by someone else's guesses while userli cannot say who is right.
                 self.metrics
                     .login_cache_answers
                     .with_label_values(&["mismatch"])
                     .inc();
-                self.throttle.record_failure(key, client);
+                self.throttle.record_failure_of_client(client);
                 tracing::debug!(login = key, client = ?client, "password differs from the cached one while the backend fails: dropping the auth connection (454)");
             }
             OutageAnswer::Unknown => {}

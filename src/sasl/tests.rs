@@ -1,6 +1,7 @@
 use super::*;
 use crate::metrics::Metrics;
 use postfix_adapter_backend::testkit::{Fault, StubBackend};
+use postfix_adapter_backend::{Address, AuthOutcome, BackendError, LookupBackend};
 
 /// `user@example.org` / `right` logs in; `slow@` fails after 150 ms; `down@`
 /// cannot be checked; `hang@` waits until released.
@@ -324,9 +325,15 @@ async fn during_an_outage_a_known_password_succeeds_and_any_other_is_an_outage()
     );
     assert_eq!(cache_answers(&s, "mismatch"), 1);
     assert_eq!(
-        s.throttle.failures("user@example.org", None),
+        s.throttle
+            .failures("nobody@example.org", Some("192.0.2.1".parse().unwrap())),
         1,
-        "a mismatch counts towards the lock-out"
+        "a mismatch counts towards the client's lock-out"
+    );
+    assert_eq!(
+        s.throttle.failures("user@example.org", None),
+        0,
+        "not the login's: its owner must not be locked out by others' guesses"
     );
     // Never seen: an outage as before.
     assert_eq!(
@@ -337,36 +344,122 @@ async fn during_an_outage_a_known_password_succeeds_and_any_other_is_an_outage()
     assert_eq!(auth(&s, "user@example.org", "right", "192.0.2.1").await, ok);
 }
 
+/// A directory whose answer for `user@example.org` / `right` can change:
+/// accepted, refused (spam lock, password changed), or unreachable.
+struct ChangingDirectory {
+    state: std::sync::atomic::AtomicU8,
+}
+
+const ACCEPTS: u8 = 0;
+const REFUSES: u8 = 1;
+const DOWN: u8 = 2;
+
+#[postfix_adapter_backend::async_trait]
+impl LookupBackend for ChangingDirectory {
+    async fn aliases(&self, _: &Address) -> Result<Vec<String>, BackendError> {
+        Ok(vec![])
+    }
+    async fn domain_exists(&self, _: &str) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+    async fn mailbox_exists(&self, _: &Address) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+    async fn senders(&self, _: &Address) -> Result<Vec<String>, BackendError> {
+        Ok(vec![])
+    }
+    async fn authenticate(
+        &self,
+        login: &Address,
+        password: &[u8],
+    ) -> Result<AuthOutcome, BackendError> {
+        match self.state.load(std::sync::atomic::Ordering::SeqCst) {
+            DOWN => Err(BackendError::Timeout),
+            ACCEPTS if login.as_str() == "user@example.org" && password == b"right" => {
+                Ok(AuthOutcome::Success)
+            }
+            REFUSES if password == b"right" => Ok(AuthOutcome::Failure {
+                reason: "user disabled due to spam role".into(),
+            }),
+            _ => Ok(AuthOutcome::Failure {
+                reason: AUTH_FAILED.into(),
+            }),
+        }
+    }
+}
+
 #[tokio::test]
-async fn a_refusal_by_a_healthy_backend_is_never_cached_and_drops_the_login() {
-    let (s, directory) = cached_service(Duration::from_secs(3600));
+async fn a_login_userli_refuses_later_is_dropped_and_a_wrong_password_drops_nothing() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let directory = Arc::new(ChangingDirectory {
+        state: std::sync::atomic::AtomicU8::new(ACCEPTS),
+    });
+    let metrics = SaslMetrics::register(&Metrics::new().unwrap()).unwrap();
+    let backend: Arc<dyn LookupBackend> = directory.clone();
+    let s = SaslService::new(backend, cached(Duration::ZERO), metrics);
+    let ok = AuthResult::Success("user@example.org".into());
+    assert_eq!(auth(&s, "user@example.org", "right", "192.0.2.1").await, ok);
+
+    // Anyone's wrong password, against the healthy directory: the cached login
+    // stays, so an outage right after still finds it.
     assert!(matches!(
-        auth(&s, "spammer@example.org", "anything", "192.0.2.1").await,
+        auth(&s, "user@example.org", "guess", "192.0.2.66").await,
         AuthResult::Failure { .. }
     ));
-    directory.start_outage(Fault::Timeout);
-    assert_eq!(
-        auth(&s, "spammer@example.org", "anything", "192.0.2.1").await,
-        AuthResult::Unavailable,
-        "a refused login is never a cached success"
-    );
-    directory.end_outage();
+    // So does a password the backend refuses unscreened (empty).
+    assert!(matches!(
+        auth(&s, "user@example.org", "", "192.0.2.66").await,
+        AuthResult::Failure { .. }
+    ));
+    directory.state.store(DOWN, SeqCst);
+    assert_eq!(auth(&s, "user@example.org", "right", "192.0.2.1").await, ok);
 
-    // Logged in, then the password changes in the directory: the next check with
-    // another password fails against the healthy backend and drops the entry, so
-    // an outage right after cannot bring the old one back.
+    // Then userli locks the account (or the password changes): the refusal of
+    // the cached password itself drops it, so the next outage cannot bring it
+    // back; a refused login was never a cached success.
+    directory.state.store(REFUSES, SeqCst);
+    assert!(matches!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Failure { .. }
+    ));
+    directory.state.store(DOWN, SeqCst);
+    assert_eq!(
+        auth(&s, "user@example.org", "right", "192.0.2.1").await,
+        AuthResult::Unavailable
+    );
+}
+
+#[tokio::test]
+async fn guesses_against_the_cache_in_an_outage_lock_the_client_out_not_the_owner() {
+    let (s, directory) = service(SaslSettings {
+        throttle: ThrottleSettings {
+            lockout_failures: 3,
+            ..settings().throttle
+        },
+        ..cached(Duration::ZERO)
+    });
     assert!(matches!(
         auth(&s, "user@example.org", "right", "192.0.2.1").await,
         AuthResult::Success(_)
     ));
-    assert!(matches!(
-        auth(&s, "user@example.org", "guess", "192.0.2.1").await,
-        AuthResult::Failure { .. }
-    ));
     directory.start_outage(Fault::Unavailable);
+    for _ in 0..3 {
+        assert_eq!(
+            auth(&s, "user@example.org", "guess", "192.0.2.66").await,
+            AuthResult::Unavailable
+        );
+    }
+    assert!(
+        matches!(
+            auth(&s, "user@example.org", "right", "192.0.2.66").await,
+            AuthResult::Failure { ref reason, .. } if reason == LOCKED_OUT
+        ),
+        "the guessing client is locked out"
+    );
     assert_eq!(
         auth(&s, "user@example.org", "right", "192.0.2.1").await,
-        AuthResult::Unavailable
+        AuthResult::Success("user@example.org".into()),
+        "the owner is not"
     );
 }
 

@@ -209,9 +209,32 @@ where
         result
     }
 
+    /// How long nothing was read or written.
+    pub(crate) fn idle_for(&self) -> Duration {
+        self.last_activity.elapsed()
+    }
+
     /// Closes the write side (best effort).
     pub(crate) async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
+    }
+
+    /// Closes the connection with a reset instead of an orderly end, where the
+    /// stream is TCP (a UNIX socket has no such thing and needs none: a write to
+    /// one whose peer is gone fails at once). For a peer that keeps the connection
+    /// and writes before it reads, as Postfix's Dovecot client does: after an
+    /// orderly end its next request would still be written without error and
+    /// then fail on reading, costing one more request; after a reset the write
+    /// fails, and the peer reconnects at once.
+    pub(crate) fn reset(self)
+    where
+        S: 'static,
+    {
+        if let Some(tcp) =
+            (&self.stream as &dyn std::any::Any).downcast_ref::<tokio::net::TcpStream>()
+        {
+            let _ = tcp.set_zero_linger();
+        }
     }
 }
 

@@ -76,6 +76,10 @@ where
 
 type Lines<S> = Connection<S, LineDecoder>;
 
+/// How long a connection must have been quiet to be closed with a reset: long
+/// enough for the peer to have read everything written to it.
+const QUIET_BEFORE_RESET: Duration = Duration::from_secs(1);
+
 impl ConnectionHandler for SaslHandler {
     async fn serve<S>(self: Arc<Self>, stream: S, shutdown: CancellationToken)
     where
@@ -86,8 +90,24 @@ impl ConnectionHandler for SaslHandler {
             End::Violation(why) => {
                 tracing::warn!(error = why, "SASL protocol error, closing connection")
             }
-            End::Unavailable => tracing::debug!("auth connection dropped: backend unavailable"),
-            End::Closed => {}
+            End::Unavailable => {
+                tracing::debug!("auth connection dropped: backend unavailable");
+                // Postfix answers 454 either way; reset, so its next AUTH (maybe
+                // another user's, once the backend is back) reconnects instead of
+                // failing on the dead connection too.
+                conn.reset();
+                return;
+            }
+            End::Closed => {
+                // Idle (shutdown, idle timeout): a reset loses nothing the peer has
+                // not long read, and spares Postfix a 454 at its next AUTH (the
+                // first after an adapter restart would otherwise find the old
+                // connection dead only after writing to it).
+                if conn.idle_for() >= QUIET_BEFORE_RESET {
+                    conn.reset();
+                    return;
+                }
+            }
         }
         conn.shutdown().await;
     }

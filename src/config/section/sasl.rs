@@ -34,6 +34,16 @@ pub struct SaslSection {
     pub cache_persist: bool,
 }
 
+/// A login cache duration: a verified password kept longer than a month is no
+/// longer a cache but a second password database.
+fn at_most_30_days(raw: &Raw, env: &str) -> Result<Duration, ConfigError> {
+    let value = raw.duration(env)?;
+    if value > Duration::from_secs(30 * 24 * 3600) {
+        return Err(raw.error(env, "must be at most 720h (30 days)"));
+    }
+    Ok(value)
+}
+
 impl SaslSection {
     pub(crate) fn load(raw: &Raw) -> Result<Self, ConfigError> {
         let failure_delay = raw.duration("SASL_FAILURE_DELAY")?;
@@ -51,8 +61,8 @@ impl SaslSection {
             failure_window: raw.positive_duration("SASL_FAILURE_WINDOW")?,
             max_checks: raw.number("SASL_MAX_CONCURRENT_CHECKS", 1, 100_000)?,
             max_checks_per_client: raw.number("SASL_MAX_CHECKS_PER_CLIENT", 1, 100_000)?,
-            cache_ttl: raw.duration("SASL_CACHE_TTL")?,
-            cache_stale_ttl: raw.duration("SASL_CACHE_STALE_TTL")?,
+            cache_ttl: at_most_30_days(raw, "SASL_CACHE_TTL")?,
+            cache_stale_ttl: at_most_30_days(raw, "SASL_CACHE_STALE_TTL")?,
             cache_max_bytes: raw.byte_size("SASL_CACHE_MAX_BYTES", 0, 4 << 30)?,
             cache_persist: raw.choice("SASL_CACHE_PERSIST", ["false", "true"])?,
         })

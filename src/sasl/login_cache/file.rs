@@ -44,6 +44,10 @@ struct FileEntry {
 pub(crate) struct LoginCacheFile {
     cache: Arc<LoginCache>,
     path: PathBuf,
+    /// One save at a time (the periodic one, SIGHUP's, shutdown's): they share
+    /// the temporary file, and a save that read the cache before a SIGHUP must
+    /// not land after the one that wrote it emptied.
+    saving: tokio::sync::Mutex<()>,
 }
 
 impl LoginCacheFile {
@@ -94,26 +98,43 @@ impl LoginCacheFile {
                 tracing::warn!(file = %path.display(), error = %e, "login cache file cannot be read; starting with an empty login cache");
             }
         }
-        Some(Self { cache, path })
+        Some(Self {
+            cache,
+            path,
+            saving: tokio::sync::Mutex::new(()),
+        })
     }
 
-    /// Removes a file left from when `SASL_CACHE_PERSIST` was on: turning it off
-    /// must not leave password hashes behind.
+    /// Removes the files left from when `SASL_CACHE_PERSIST` was on (the file, a
+    /// temporary one, damaged copies set aside): turning it off must not leave
+    /// password hashes behind.
     pub(crate) fn remove_leftover(state_dir: &Path) {
-        let path = state_dir.join(LOGIN_CACHE_FILE);
-        match std::fs::remove_file(&path) {
-            Ok(()) => {
-                tracing::info!(file = %path.display(), "SASL_CACHE_PERSIST is off: removed the login cache file")
+        let Ok(entries) = std::fs::read_dir(state_dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            if !name
+                .to_str()
+                .is_some_and(|n| n.starts_with(LOGIN_CACHE_FILE))
+            {
+                continue;
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "SASL_CACHE_PERSIST is off but the login cache file cannot be removed")
+            let path = entry.path();
+            match std::fs::remove_file(&path) {
+                Ok(()) => {
+                    tracing::info!(file = %path.display(), "SASL_CACHE_PERSIST is off: removed a login cache file")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "SASL_CACHE_PERSIST is off but a login cache file cannot be removed")
+                }
             }
         }
     }
 
     /// Writes the file now if anything changed since the last write.
     pub(crate) async fn save(&self) {
+        let _one_at_a_time = self.saving.lock().await;
         if !self.cache.take_dirty() {
             return;
         }
@@ -132,6 +153,12 @@ impl LoginCacheFile {
             }
             Err(e) => tracing::warn!(error = %e, "login cache file writer failed"),
         }
+    }
+
+    /// The save at shutdown: after the hashes in progress (at most 5 s).
+    pub(crate) async fn save_at_shutdown(&self) {
+        self.cache.settle(Duration::from_secs(5)).await;
+        self.save().await;
     }
 
     /// Saves every [`SAVE_INTERVAL`] until `stop`.

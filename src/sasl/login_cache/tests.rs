@@ -20,66 +20,93 @@ const LOGIN: &str = "user@example.org";
 #[tokio::test]
 async fn a_remembered_password_is_fresh_within_the_ttl_and_no_other_is() {
     let c = cache(HOUR, HOUR);
-    assert!(!c.answers_fresh(LOGIN, b"right"), "nothing known yet");
+    assert!(
+        c.answers_fresh(LOGIN, b"right").is_none(),
+        "nothing known yet"
+    );
     c.remember(LOGIN, b"right");
-    assert!(c.answers_fresh(LOGIN, b"right"));
-    assert!(!c.answers_fresh(LOGIN, b"wrong"));
-    assert!(!c.answers_fresh(LOGIN, b"right\0"));
-    assert!(!c.answers_fresh("other@example.org", b"right"));
+    assert!(c.answers_fresh(LOGIN, b"right").is_some());
+    assert!(c.answers_fresh(LOGIN, b"wrong").is_none());
+    assert!(c.answers_fresh(LOGIN, b"right\0").is_none());
+    assert!(c.answers_fresh("other@example.org", b"right").is_none());
 }
 
 #[tokio::test]
 async fn with_no_ttl_nothing_is_fresh_but_an_outage_is_answered() {
     let c = cache(Duration::ZERO, HOUR);
     c.remember(LOGIN, b"right");
-    assert!(!c.answers_fresh(LOGIN, b"right"));
+    assert!(c.answers_fresh(LOGIN, b"right").is_none());
     assert_eq!(
-        c.answer_in_outage(LOGIN, b"right").await,
+        c.answer_in_outage(LOGIN, b"right", None).await,
         OutageAnswer::Verified
     );
     assert_eq!(
-        c.answer_in_outage(LOGIN, b"wrong").await,
+        c.answer_in_outage(LOGIN, b"wrong", None).await,
         OutageAnswer::Refuted
     );
     assert_eq!(
-        c.answer_in_outage("other@example.org", b"right").await,
+        c.answer_in_outage("other@example.org", b"right", None)
+            .await,
         OutageAnswer::Unknown
     );
 }
 
 #[tokio::test]
 async fn past_the_stale_window_nothing_is_known() {
-    let c = cache(Duration::from_millis(40), Duration::from_millis(80));
+    let c = cache(Duration::from_millis(300), Duration::from_millis(600));
     c.remember(LOGIN, b"right");
-    tokio::time::sleep(Duration::from_millis(60)).await;
-    assert!(!c.answers_fresh(LOGIN, b"right"), "past the TTL");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert!(c.answers_fresh(LOGIN, b"right").is_none(), "past the TTL");
     assert_eq!(
-        c.answer_in_outage(LOGIN, b"right").await,
+        c.answer_in_outage(LOGIN, b"right", None).await,
         OutageAnswer::Verified,
         "within the stale window"
     );
-    tokio::time::sleep(Duration::from_millis(80)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        c.answer_in_outage(LOGIN, b"right").await,
+        c.answer_in_outage(LOGIN, b"right", None).await,
         OutageAnswer::Unknown
     );
 }
 
 #[tokio::test]
-async fn a_forgotten_or_cleared_login_is_unknown() {
+async fn only_a_refusal_of_the_cached_password_forgets_it_and_clearing_forgets_all() {
     let c = cache(HOUR, HOUR);
     c.remember(LOGIN, b"right");
     c.remember("other@example.org", b"pw");
-    c.forget(LOGIN);
-    assert!(!c.answers_fresh(LOGIN, b"right"));
+    // Someone else's wrong password says nothing about the cached one.
+    c.forget_if_refused(LOGIN, b"guess", true);
+    assert!(c.answers_fresh(LOGIN, b"right").is_some());
+    // The cached password itself refused: changed, or the account locked.
+    c.forget_if_refused(LOGIN, b"right", false);
+    assert!(c.answers_fresh(LOGIN, b"right").is_none());
     assert_eq!(
-        c.answer_in_outage(LOGIN, b"right").await,
+        c.answer_in_outage(LOGIN, b"right", None).await,
         OutageAnswer::Unknown
     );
-    assert!(c.answers_fresh("other@example.org", b"pw"));
+    assert!(c.answers_fresh("other@example.org", b"pw").is_some());
     c.clear();
-    assert!(!c.answers_fresh("other@example.org", b"pw"));
-    assert_eq!(c.size().0, 0);
+    assert!(c.answers_fresh("other@example.org", b"pw").is_none());
+    assert_eq!(c.exact_size().0, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifier_loaded_from_disk_goes_only_on_a_screened_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = crate::metrics::Metrics::new().unwrap();
+    let first = persisted(HOUR, HOUR);
+    let file = LoginCacheFile::open(dir.path(), first.clone(), &metrics).unwrap();
+    first.remember(LOGIN, b"right");
+    until_hashed(&first, 1).await;
+    file.save().await;
+    let second = persisted(HOUR, HOUR);
+    LoginCacheFile::open(dir.path(), second.clone(), &metrics).unwrap();
+    // Refused without reaching the directory (say, an over-long password while
+    // userli is down): kept.
+    second.forget_if_refused(LOGIN, b"x", false);
+    assert_eq!(second.exact_size().0, 1);
+    second.forget_if_refused(LOGIN, b"guess", true);
+    assert_eq!(second.exact_size().0, 0);
 }
 
 #[tokio::test]
@@ -87,10 +114,10 @@ async fn a_new_password_replaces_the_old_one() {
     let c = cache(HOUR, HOUR);
     c.remember(LOGIN, b"old");
     c.remember(LOGIN, b"new");
-    assert!(!c.answers_fresh(LOGIN, b"old"));
-    assert!(c.answers_fresh(LOGIN, b"new"));
+    assert!(c.answers_fresh(LOGIN, b"old").is_none());
+    assert!(c.answers_fresh(LOGIN, b"new").is_some());
     assert_eq!(
-        c.answer_in_outage(LOGIN, b"old").await,
+        c.answer_in_outage(LOGIN, b"old", None).await,
         OutageAnswer::Refuted
     );
 }
@@ -104,7 +131,7 @@ async fn the_cache_is_bounded_in_bytes() {
     for i in 0..5_000 {
         c.remember(&format!("user{i}@example.org"), b"pw");
     }
-    let (entries, bytes) = c.size();
+    let (entries, bytes) = c.exact_size();
     assert!(bytes <= 100 * 1024, "{bytes} bytes");
     assert!((100..400).contains(&entries), "{entries} logins in 100 KiB");
 }
@@ -165,7 +192,10 @@ async fn persisted_verifiers_survive_a_restart_as_stale_only_argon2id_hashes() {
         0o600
     );
     let text = std::fs::read_to_string(&path).unwrap();
-    assert!(!text.contains("right"), "no password in the file: {text}");
+    assert!(
+        !text.contains("right") && !text.contains("cmlnaHQ"),
+        "no password in the file, not even in base64: {text}"
+    );
     let contents: serde_json::Value = serde_json::from_str(&text).unwrap();
     assert_eq!(contents["argon2id"]["m"], 65536);
     assert_eq!(contents["argon2id"]["t"], 4);
@@ -173,22 +203,22 @@ async fn persisted_verifiers_survive_a_restart_as_stale_only_argon2id_hashes() {
     // The restart: a new key, the file loaded.
     let second = persisted(HOUR, HOUR);
     LoginCacheFile::open(dir.path(), second.clone(), &metrics).unwrap();
-    assert_eq!(second.size().0, 1);
+    assert_eq!(second.exact_size().0, 1);
     assert!(
-        !second.answers_fresh(LOGIN, b"right"),
+        second.answers_fresh(LOGIN, b"right").is_none(),
         "loaded: used only when the backend fails"
     );
     assert_eq!(
-        second.answer_in_outage(LOGIN, b"wrong").await,
+        second.answer_in_outage(LOGIN, b"wrong", None).await,
         OutageAnswer::Refuted
     );
     assert_eq!(
-        second.answer_in_outage(LOGIN, b"right").await,
+        second.answer_in_outage(LOGIN, b"right", None).await,
         OutageAnswer::Verified
     );
     // Proven once, the keyed hash answers next time; still not fresh.
     assert!(second.entries.get(LOGIN).unwrap().keyed.is_some());
-    assert!(!second.answers_fresh(LOGIN, b"right"));
+    assert!(second.answers_fresh(LOGIN, b"right").is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +229,7 @@ async fn a_damaged_login_file_is_set_aside_and_an_unwanted_one_removed() {
     std::fs::write(&path, r#"{"version":1,"argon2id":{"m":65536,"t":4,"p":1},"entries":[{"login":"a@example.org","salt":"!!","hash":"","age":1}]}"#).unwrap();
     let c = persisted(HOUR, HOUR);
     assert!(LoginCacheFile::open(dir.path(), c.clone(), &metrics).is_some());
-    assert_eq!(c.size().0, 0);
+    assert_eq!(c.exact_size().0, 0);
     assert!(!path.exists());
     let names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -245,7 +275,7 @@ async fn old_and_foreign_entries_are_not_loaded() {
     .unwrap();
     let c = persisted(HOUR, HOUR);
     LoginCacheFile::open(dir.path(), c.clone(), &metrics).unwrap();
-    assert_eq!(c.size().0, 1, "only the young, valid one");
+    assert_eq!(c.exact_size().0, 1, "only the young, valid one");
     assert!(path.exists());
 
     // Made with another cost: they could not be checked, so none is loaded.
@@ -259,5 +289,5 @@ async fn old_and_foreign_entries_are_not_loaded() {
     .unwrap();
     let c = persisted(HOUR, HOUR);
     LoginCacheFile::open(dir.path(), c.clone(), &metrics).unwrap();
-    assert_eq!(c.size().0, 0);
+    assert_eq!(c.exact_size().0, 0);
 }
