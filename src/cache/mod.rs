@@ -31,8 +31,13 @@ pub(crate) struct CacheSettings {
     pub positive_ttl: Duration,
     /// How long a negative answer (not found) is fresh; zero: never stored.
     pub negative_ttl: Duration,
-    /// How long past freshness an entry may still be served when the backend fails.
+    /// How long past freshness a found answer may still be served when the
+    /// backend fails.
     pub stale_ttl: Duration,
+    /// The same for a not-found answer: shorter, because a stale "no" for an
+    /// address created since is a bounce, where a stale "yes" for one deleted
+    /// since is a message accepted for a mailbox that no longer reads it.
+    pub negative_stale_ttl: Duration,
     /// Most entries kept; the least useful are evicted beyond it.
     pub max_entries: u64,
     /// Most bytes the entries may hold (keys, answers and bookkeeping); the
@@ -297,7 +302,7 @@ where
             let negative = if settings.negative_ttl.is_zero() {
                 Duration::ZERO
             } else {
-                settings.negative_ttl + settings.stale_ttl
+                settings.negative_ttl + settings.negative_stale_ttl
             };
             moka::sync::Cache::builder()
                 .max_capacity(settings.max_bytes)
@@ -368,7 +373,8 @@ where
         let mut stored = 0;
         for (key, value, age) in answers {
             let ttl = self.ttl_of(&value);
-            if ttl.is_zero() || age >= ttl + self.settings.stale_ttl || entries.contains_key(&key) {
+            if ttl.is_zero() || age >= ttl + self.stale_ttl_of(&value) || entries.contains_key(&key)
+            {
                 continue;
             }
             entries.insert(
@@ -398,6 +404,15 @@ where
 
     fn count(&self, handler: &'static str, outcome: Outcome) {
         self.counters.inc(handler, outcome);
+    }
+
+    /// How long past its TTL `value` may be served stale.
+    fn stale_ttl_of(&self, value: &V) -> Duration {
+        if value.is_negative() {
+            self.settings.negative_stale_ttl
+        } else {
+            self.settings.stale_ttl
+        }
     }
 
     fn ttl_of(&self, value: &V) -> Duration {
@@ -457,7 +472,7 @@ where
         };
         if let Some(entry) = cached {
             let age = entry.age();
-            if age < self.ttl_of(&entry.value) + self.settings.stale_ttl {
+            if age < self.ttl_of(&entry.value) + self.stale_ttl_of(&entry.value) {
                 self.count(handler, Outcome::Stale);
                 AnswerSource::note("stale");
                 return Ok(entry.value);

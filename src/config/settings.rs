@@ -163,9 +163,15 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s(
         "LOOKUP_CACHE_STALE_TTL",
+        Some("24h"),
+        false,
+        "When the backend fails or misses the deadline, an expired *found* answer up to this much older than its TTL is served instead of `TEMP`: mail to every address seen in the last day keeps being accepted through an outage (and across restarts, `LOOKUP_CACHE_PERSIST`). Trade-off: during an outage a mailbox deleted within that day keeps receiving. `0`: never serve stale answers.",
+    ),
+    s(
+        "LOOKUP_NEGATIVE_CACHE_STALE_TTL",
         Some("1h"),
         false,
-        "When the backend fails or misses the deadline, an expired answer up to this much older than its TTL is served instead of `TEMP`. Trade-off: during an outage a deleted mailbox keeps receiving (and a new one keeps being refused) this long. `0`: never serve stale answers.",
+        "The same for *not-found* answers, kept shorter: during an outage a stale \"no such address\" for one created since is a bounce (Postfix answers 550), while past this window the address gets `TEMP` and the mail is deferred until the backend is back. `0`: never serve a stale not-found.",
     ),
     s(
         "LOOKUP_CACHE_SIZE",

@@ -322,6 +322,7 @@ async fn at_debug_level_every_request_logs_one_line_with_its_source() {
             positive_ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(60),
             stale_ttl: Duration::from_secs(60),
+            negative_stale_ttl: Duration::from_secs(60),
             max_entries: 1000,
             max_bytes: 1 << 20,
             deadline: Duration::from_millis(300),

@@ -18,8 +18,10 @@ pub struct LookupSection {
     pub cache_ttl: Duration,
     /// `LOOKUP_NEGATIVE_CACHE_TTL`.
     pub negative_cache_ttl: Duration,
-    /// `LOOKUP_CACHE_STALE_TTL`.
+    /// `LOOKUP_CACHE_STALE_TTL`: found answers.
     pub cache_stale_ttl: Duration,
+    /// `LOOKUP_NEGATIVE_CACHE_STALE_TTL`: not-found answers.
+    pub negative_cache_stale_ttl: Duration,
     /// `LOOKUP_CACHE_SIZE`.
     pub cache_size: u64,
     /// `LOOKUP_CACHE_MAX_BYTES`.
@@ -55,6 +57,7 @@ impl LookupSection {
             cache_ttl: raw.duration("LOOKUP_CACHE_TTL")?,
             negative_cache_ttl: raw.duration("LOOKUP_NEGATIVE_CACHE_TTL")?,
             cache_stale_ttl: raw.duration("LOOKUP_CACHE_STALE_TTL")?,
+            negative_cache_stale_ttl: raw.duration("LOOKUP_NEGATIVE_CACHE_STALE_TTL")?,
             cache_size: raw.number("LOOKUP_CACHE_SIZE", 0, 100_000_000)? as u64,
             cache_max_bytes: raw.byte_size("LOOKUP_CACHE_MAX_BYTES", 0, 64 << 30)?,
             cache_persist: raw.choice("LOOKUP_CACHE_PERSIST", ["false", "true"])?,
@@ -77,6 +80,7 @@ impl LookupSection {
             positive_ttl: self.cache_ttl,
             negative_ttl: self.negative_cache_ttl,
             stale_ttl: self.cache_stale_ttl,
+            negative_stale_ttl: self.negative_cache_stale_ttl,
             max_entries: self.cache_size,
             max_bytes: self.cache_max_bytes,
             deadline: self.timeout,

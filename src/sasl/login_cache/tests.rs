@@ -291,3 +291,43 @@ async fn old_and_foreign_entries_are_not_loaded() {
     LoginCacheFile::open(dir.path(), c.clone(), &metrics).unwrap();
     assert_eq!(c.exact_size().0, 0);
 }
+
+/// How long loading 50,000 kept logins takes, and one argon2id check (printed;
+/// `cargo test --release` for the figures in the README).
+#[test]
+fn a_login_file_of_50k_entries_loads_quickly() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = crate::metrics::Metrics::new().unwrap();
+    let salt = "AAAAAAAAAAAAAAAAAAAAAA";
+    let hash = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    let entries: Vec<String> = (0..50_000)
+        .map(|i| {
+            format!(
+                r#"{{"login":"user{i}@example.org","salt":"{salt}","hash":"{hash}","age":60.5}}"#
+            )
+        })
+        .collect();
+    let text = format!(
+        r#"{{"version":1,"argon2id":{{"m":65536,"t":4,"p":1}},"entries":[{}]}}"#,
+        entries.join(",")
+    );
+    std::fs::write(dir.path().join(file::LOGIN_CACHE_FILE), &text).unwrap();
+    let c = Arc::new(LoginCache::new(LoginCacheSettings {
+        max_bytes: 64 << 20,
+        ..settings(HOUR, HOUR)
+    }));
+    let started = Instant::now();
+    LoginCacheFile::open(dir.path(), c.clone(), &metrics).unwrap();
+    let took = started.elapsed();
+    assert_eq!(c.exact_size().0, 50_000);
+
+    let started = Instant::now();
+    let hashed = Argon2Cost::CURRENT.hash(b"password", &[7u8; SALT_LEN]);
+    let argon2 = started.elapsed();
+    assert!(hashed.is_some());
+    eprintln!(
+        "50k kept logins ({} bytes) loaded in {took:?}; one argon2id check (m=64 MiB, t=4) {argon2:?}",
+        text.len()
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+}
