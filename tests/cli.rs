@@ -112,6 +112,11 @@ fn help_lists_every_setting_and_version_works() {
             s.env
         );
     }
+    // How to flush the caches without a restart.
+    for help in [&text, &long] {
+        assert!(help.contains("SIGHUP"), "{help}");
+        assert!(help.contains("drops every cached SMTP login"), "{help}");
+    }
     let out = adapter().arg("--version").output().unwrap();
     assert!(
         String::from_utf8(out.stdout)

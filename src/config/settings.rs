@@ -430,8 +430,17 @@ pub fn help_text() -> String {
         };
         out.push_str(&format!("  {}{default}\n", s.env));
     }
+    out.push_str(SIGNALS);
     out
 }
+
+/// What the signals do, for both helps: how to flush the caches without a restart.
+const SIGNALS: &str =
+    "\nSignals: SIGTERM/SIGINT drain and exit. SIGHUP reloads the backend (the fixture file),
+clears the lookup cache and drops every cached SMTP login, in memory and on disk
+(systemctl reload userli-postfix-adapter, or kill -HUP <pid>): a password changed or an
+account locked in userli then takes effect at once.
+";
 
 /// Every setting with its default and meaning, for `--help` (the long help).
 pub fn long_help_text() -> String {
@@ -459,5 +468,6 @@ pub fn long_help_text() -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
+    out.push_str(SIGNALS);
     out
 }
