@@ -191,6 +191,8 @@ pub(crate) struct LoginCache {
     /// Bumped by [`Self::clear`]: work started before it must not bring back
     /// what it dropped.
     generation: AtomicU64,
+    /// How long the last argon2id check during an outage took, in nanoseconds.
+    last_check_nanos: AtomicU64,
     /// Changed since the file was last written.
     dirty: AtomicBool,
     random: SystemRandom,
@@ -233,6 +235,7 @@ impl LoginCache {
             hashing_slot: Arc::new(Semaphore::new(1)),
             checking_clients: std::sync::Mutex::default(),
             generation: AtomicU64::new(0),
+            last_check_nanos: AtomicU64::new(0),
             dirty: AtomicBool::new(false),
             random,
         }
@@ -407,12 +410,14 @@ impl LoginCache {
         password: &[u8],
         client: Option<IpAddr>,
     ) -> OutageAnswer {
-        let Some(verifier) = self.entries.get(login) else {
+        let Some(verifier) = self
+            .entries
+            .get(login)
+            .filter(|v| v.verified.elapsed() < self.settings.window())
+        else {
+            self.take_as_long_as_a_check().await;
             return OutageAnswer::Unknown;
         };
-        if verifier.verified.elapsed() >= self.settings.window() {
-            return OutageAnswer::Unknown;
-        }
         if let Some(matches) = self.matches_keyed(&verifier, login, password) {
             return if matches {
                 OutageAnswer::Verified
@@ -430,9 +435,13 @@ impl LoginCache {
         let verified = tokio::time::timeout(OUTAGE_VERIFY_BUDGET, async {
             let slot = self.outage_slots.clone().acquire_owned().await.ok()?;
             let password = zeroizing(password);
+            let cache = Arc::clone(self);
             tokio::task::spawn_blocking(move || {
+                let started = Instant::now();
                 let hash = Argon2Cost::CURRENT.hash(&password.0, &stored.salt);
                 drop(slot);
+                let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                cache.last_check_nanos.store(took, Ordering::Relaxed);
                 hash.map(|h| bool::from(h.ct_eq(&stored.hash)))
             })
             .await
@@ -454,6 +463,19 @@ impl LoginCache {
             }
             Some(false) => OutageAnswer::Refuted,
             None => OutageAnswer::Unknown,
+        }
+    }
+
+    /// With logins kept on disk, an unknown login waits as long as the last
+    /// argon2id check took: otherwise how long an outage answer takes would tell
+    /// which logins were active in the last day (their check costs a hash).
+    async fn take_as_long_as_a_check(&self) {
+        if !self.settings.persist {
+            return;
+        }
+        let nanos = self.last_check_nanos.load(Ordering::Relaxed);
+        if nanos > 0 {
+            tokio::time::sleep(Duration::from_nanos(nanos).min(OUTAGE_VERIFY_BUDGET)).await;
         }
     }
 

@@ -331,3 +331,38 @@ fn a_login_file_of_50k_entries_loads_quickly() {
     );
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
+
+/// With logins kept on disk, an outage answer for an unknown login takes as long
+/// as one for a login in the file (whose check costs an argon2id hash), so the
+/// timing does not tell who was active in the last day.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_login_takes_as_long_as_a_kept_one_during_an_outage() {
+    let dir = tempfile::tempdir().unwrap();
+    let metrics = crate::metrics::Metrics::new().unwrap();
+    let first = persisted(HOUR, HOUR);
+    let file = LoginCacheFile::open(dir.path(), first.clone(), &metrics).unwrap();
+    first.remember(LOGIN, b"right");
+    until_hashed(&first, 1).await;
+    file.save().await;
+    let second = persisted(HOUR, HOUR);
+    LoginCacheFile::open(dir.path(), second.clone(), &metrics).unwrap();
+
+    let started = Instant::now();
+    assert_eq!(
+        second.answer_in_outage(LOGIN, b"guess", None).await,
+        OutageAnswer::Refuted
+    );
+    let kept = started.elapsed();
+    let started = Instant::now();
+    assert_eq!(
+        second
+            .answer_in_outage("nobody@example.org", b"guess", None)
+            .await,
+        OutageAnswer::Unknown
+    );
+    let unknown = started.elapsed();
+    assert!(
+        unknown * 2 >= kept,
+        "unknown {unknown:?} against kept {kept:?}"
+    );
+}
