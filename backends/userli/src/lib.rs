@@ -38,12 +38,12 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValu
 use serde_json::Value;
 use url::Url;
 
-mod limiter;
-mod metrics;
 mod screen;
 
-use limiter::{LogLimiter, UNAUTHORIZED_LOG_INTERVAL};
-use metrics::{Metrics, Observation};
+use postfix_adapter_backend_http::client::{
+    LogLimiter, Metrics, Observation, UNAUTHORIZED_LOG_INTERVAL, build_client, contains_secret,
+    error_message, json_type, one_short_line, read_capped, transport_error,
+};
 
 /// The largest response body accepted from userli.
 ///
@@ -54,11 +54,6 @@ pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// Error bodies are only read for their short message and so that the connection can
 /// be reused; Symfony's are well under this.
 const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
-
-/// Connections idle longer than this are closed by the adapter itself, because
-/// common reverse proxies in front of userli (nginx: 75 s) close them soon after,
-/// and reusing a connection the server is closing fails the request.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 /// The key userli is asked for by [`UserliBackend::health`]: a reserved TLD
 /// (RFC 2606), so it can never be a real domain, and the `domain` route is the
@@ -220,11 +215,6 @@ impl UserliBackend {
     ) -> Result<Self, UserliError> {
         check_base_url(&config.base_url)?;
 
-        // reqwest is built without a bundled crypto provider (aws-lc-rs would need a C
-        // toolchain); ring is installed process-wide unless another one already is, in
-        // which case that one is used.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-
         if config.token.is_empty() {
             return Err(UserliError::InvalidToken("empty"));
         }
@@ -239,26 +229,14 @@ impl UserliBackend {
         // Sent on GETs too, as upstream does; userli ignores it there.
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
 
-        let client = reqwest::Client::builder()
-            .tls_backend_rustls()
-            .user_agent(config.user_agent.as_str())
-            .default_headers(headers)
-            .timeout(config.timeout)
-            .connect_timeout(config.connect_timeout)
-            .pool_max_idle_per_host(config.max_idle_per_host)
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .tcp_keepalive(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            // A redirect means a misrouted base URL; following it could hand the token
-            // to another host and take a login page's 200 for an answer.
-            .redirect(reqwest::redirect::Policy::none())
-            .referer(false)
-            // Like upstream, proxy environment variables are ignored: userli is
-            // normally next door, and an inherited HTTP_PROXY would silently reroute
-            // (and see) every lookup.
-            .no_proxy()
-            .build()
-            .map_err(UserliError::Client)?;
+        let client = build_client(
+            headers,
+            &config.user_agent,
+            config.timeout,
+            config.connect_timeout,
+            config.max_idle_per_host,
+        )
+        .map_err(UserliError::Client)?;
 
         let metrics = Metrics::new(registry).map_err(UserliError::Metrics)?;
 
@@ -624,60 +602,6 @@ fn redacted_url(url: &Url) -> String {
     url.to_string()
 }
 
-/// Maps a reqwest error to the backend's vocabulary: where it went (scheme, host
-/// and port only: the path holds the looked-up address, and these errors end up
-/// in logs at error level; the token is a header, never in the URL) and the whole
-/// cause chain, each cause once (`connection refused`, a DNS failure, a TLS
-/// error, ...), so the operator sees what failed.
-fn transport_error(err: reqwest::Error) -> BackendError {
-    if err.is_timeout() {
-        return BackendError::Timeout;
-    }
-    let origin = err
-        .url()
-        .map(|u| u.origin().ascii_serialization())
-        .filter(|o| o != "null");
-    let err = err.without_url();
-    let mut text = err.to_string();
-    if let Some(origin) = origin {
-        text.push_str(" to ");
-        text.push_str(&origin);
-    }
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        let part = cause.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = cause.source();
-    }
-    BackendError::Unavailable(text.into())
-}
-
-/// Reads the body, refusing more than `limit` bytes.
-async fn read_capped(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, BackendError> {
-    let too_large =
-        || BackendError::InvalidResponse(format!("response body larger than {limit} bytes"));
-    if response
-        .content_length()
-        .is_some_and(|len| len > limit as u64)
-    {
-        return Err(too_large());
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        if body.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
-}
-
 /// userli's short reason for a 401/403 (`{"error":"Invalid API token"}` or
 /// `{"error":{"message":"Token does not have required scope: postfix",…}}`), so the
 /// log tells a wrong token from a missing scope.
@@ -692,46 +616,6 @@ fn error_text(value: &Value) -> Option<String> {
     one_short_line(error_message(value)?)
 }
 
-/// The text of an `{"error":"…"}` or `{"error":{"message":"…"}}` body, as sent.
-fn error_message(value: &Value) -> Option<&str> {
-    match value.get("error")? {
-        Value::String(s) => Some(s.as_str()),
-        other => other.get("message")?.as_str(),
-    }
-}
-
-/// Whatever answered may not be userli; keep a message short and on one line:
-/// tabs, line breaks and other control characters become spaces, as upstream
-/// makes them (`bad\tcreds\nfor user` → `bad creds for user`).
-fn one_short_line(text: &str) -> Option<String> {
-    let text: String = spaced(text).chars().take(200).collect();
-    let text = text.trim();
-    (!text.is_empty()).then(|| text.to_owned())
-}
-
-/// `text` with every control character replaced by a space.
-fn spaced(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-/// Whether `text` repeats the password (a misbehaving endpoint echoing the
-/// request), as sent, with its control characters dropped, or with them made
-/// spaces as [`one_short_line`] does.
-/// Checked before shortening, so a cut-off echo is caught too.
-fn contains_secret(text: &str, password: &str) -> bool {
-    if password.is_empty() {
-        return false;
-    }
-    let printable = |s: &str| s.chars().filter(|c| !c.is_control()).collect::<String>();
-    let password_printable = printable(password);
-    let password_spaced = spaced(password);
-    text.contains(password)
-        || (!password_printable.is_empty() && printable(text).contains(&password_printable))
-        || spaced(text).contains(password_spaced.trim())
-}
-
 /// The SMTP-client-facing reason for a refused login: userli's message, on one short
 /// line; `authentication failed` when it is empty or would repeat the password
 /// (the reason ends up in Postfix's log). userli's own messages pass unchanged.
@@ -743,17 +627,6 @@ fn auth_reason(message: &str, password: &str) -> String {
         return AUTH_FAILED.to_owned();
     }
     one_short_line(message).unwrap_or_else(|| AUTH_FAILED.to_owned())
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 /// An `alias`/`senders` answer: a list of strings. `null` counts as empty, as the
@@ -929,7 +802,7 @@ mod tests {
             Endpoint::Health,
         ] {
             assert!(
-                metrics::ENDPOINT_LABELS.contains(&endpoint.label()),
+                postfix_adapter_backend_http::client::ENDPOINT_LABELS.contains(&endpoint.label()),
                 "{}",
                 endpoint.label()
             );

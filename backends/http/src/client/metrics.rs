@@ -14,7 +14,7 @@ const BUCKETS: &[f64] = &[
 const LABELS: &[&str] = &["endpoint", "status_code"];
 
 /// The `endpoint` label of every route the backend calls.
-pub(crate) const ENDPOINT_LABELS: [&str; 7] = [
+pub const ENDPOINT_LABELS: [&str; 7] = [
     "alias",
     "domain",
     "mailbox",
@@ -26,20 +26,25 @@ pub(crate) const ENDPOINT_LABELS: [&str; 7] = [
 
 /// The label used when no HTTP status was received (transport error, timeout, or
 /// the call was cancelled by the engine's deadline), as upstream does.
-pub(crate) const STATUS_ERROR: &str = "error";
+pub const STATUS_ERROR: &str = "error";
 
-#[derive(Clone)]
-pub(crate) struct Metrics {
+/// The HTTP client's request counter and latency histogram.
+#[derive(Clone, Debug)]
+pub struct Metrics {
     duration: HistogramVec,
     requests: IntCounterVec,
 }
 
 impl Metrics {
-    pub(crate) fn new(registry: Option<&Registry>) -> Result<Self, prometheus::Error> {
+    /// Creates the metrics and registers them on `registry` when given.
+    ///
+    /// # Errors
+    /// When registering fails (the names are taken).
+    pub fn new(registry: Option<&Registry>) -> Result<Self, prometheus::Error> {
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "userli_postfix_adapter_http_client_duration_seconds",
-                "Duration of HTTP requests to the userli API.",
+                "Duration of HTTP requests to the directory API (userli, or the generic HTTP backend).",
             )
             .buckets(BUCKETS.to_vec()),
             LABELS,
@@ -47,7 +52,7 @@ impl Metrics {
         let requests = IntCounterVec::new(
             Opts::new(
                 "userli_postfix_adapter_http_client_requests_total",
-                "HTTP requests to the userli API.",
+                "HTTP requests to the directory API (userli, or the generic HTTP backend).",
             ),
             LABELS,
         )?;
@@ -78,7 +83,8 @@ impl Metrics {
 /// The engine cancels a lookup by dropping its future; the guard still records the
 /// attempt then (as `error`, like any call without an answer), so calls that the
 /// engine's deadline cut short do not vanish from the metrics.
-pub(crate) struct Observation<'a> {
+#[derive(Debug)]
+pub struct Observation<'a> {
     metrics: &'a Metrics,
     endpoint: &'static str,
     start: Instant,
@@ -87,7 +93,8 @@ pub(crate) struct Observation<'a> {
 }
 
 impl<'a> Observation<'a> {
-    pub(crate) fn start(metrics: &'a Metrics, endpoint: &'static str) -> Self {
+    /// Starts timing one exchange with `endpoint` (the metric label).
+    pub fn start(metrics: &'a Metrics, endpoint: &'static str) -> Self {
         Self {
             metrics,
             endpoint,
@@ -99,12 +106,12 @@ impl<'a> Observation<'a> {
 
     /// Remembers the status once the response head arrived; a later body failure is
     /// still attributed to that status, as upstream measured up to the response head.
-    pub(crate) fn set_status(&mut self, status: u16) {
+    pub fn set_status(&mut self, status: u16) {
         self.status = Some(status);
     }
 
     /// Ends the observation now (rather than at drop).
-    pub(crate) fn finish(mut self) {
+    pub fn finish(mut self) {
         self.record();
     }
 

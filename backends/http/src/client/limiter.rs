@@ -4,14 +4,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How often a rejected token may be logged at most.
-pub(crate) const UNAUTHORIZED_LOG_INTERVAL: Duration = Duration::from_secs(60);
+pub const UNAUTHORIZED_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Lets one event through per interval and counts the ones it held back.
 ///
 /// A wrong token fails *every* lookup, i.e. hundreds per second on a busy relay;
 /// logging each would bury everything else, but the operator must still see it.
 #[derive(Debug)]
-pub(crate) struct LogLimiter {
+pub struct LogLimiter {
     interval: Duration,
     state: Mutex<State>,
 }
@@ -23,7 +23,8 @@ struct State {
 }
 
 impl LogLimiter {
-    pub(crate) fn new(interval: Duration) -> Self {
+    /// A limiter letting one event through per `interval`.
+    pub fn new(interval: Duration) -> Self {
         Self {
             interval,
             state: Mutex::new(State::default()),
@@ -32,7 +33,7 @@ impl LogLimiter {
 
     /// `Some(n)` when the caller should log now, `n` being the number of events
     /// held back since the last logged one; `None` when it should stay silent.
-    pub(crate) fn check(&self, now: Instant) -> Option<u64> {
+    pub fn check(&self, now: Instant) -> Option<u64> {
         // A panic while holding this lock cannot leave the state inconsistent, so a
         // poisoned lock is simply reused.
         let mut state = self
