@@ -65,6 +65,27 @@ pub fn build_backend(
                 FixtureBackend::load(path).map_err(|e| BuildError::Backend(e.to_string()))?;
             Ok(Arc::new(backend))
         }
+        #[cfg(feature = "backend-http")]
+        BackendKind::Http => {
+            use postfix_adapter_backend_http::{ClientSettings, HttpBackend};
+            let description = config.backend.http.as_ref().ok_or(BuildError::Missing(
+                "LOOKUP_BACKEND=http needs an [http] table in the config file",
+            ))?;
+            let settings = ClientSettings {
+                timeout: config.lookups.backend_call_timeout(),
+                max_idle_per_host: config.lookups.backend_max_concurrency,
+                ..ClientSettings::default()
+            };
+            let lookup = |name: &str| description.var(name);
+            let backend = HttpBackend::new(
+                &description.spec,
+                &lookup,
+                &settings,
+                Some(metrics.registry()),
+            )
+            .map_err(|e| BuildError::Backend(e.to_string()))?;
+            Ok(Arc::new(backend))
+        }
         BackendKind::Custom => Err(BuildError::Missing(
             "a custom backend is passed to Server::bind, not built from the configuration",
         )),

@@ -78,6 +78,8 @@ pub enum BackendKind {
     Userli,
     /// A fixture file.
     Fixture,
+    /// Any HTTP/JSON API, described in the configuration file's `[http]` table.
+    Http,
     /// A backend the embedder passes to [`crate::Server::bind`] itself
     /// ([`Config::embedded`]); not selectable by `LOOKUP_BACKEND`.
     Custom,
@@ -89,6 +91,7 @@ impl BackendKind {
         match self {
             Self::Userli => "userli",
             Self::Fixture => "fixture",
+            Self::Http => "http",
             Self::Custom => "custom",
         }
     }
@@ -261,9 +264,11 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     }
     figment = figment.merge(EnvProvider { vars: env_vars });
 
-    let merged: BTreeMap<String, Value> = figment
+    let mut merged: BTreeMap<String, Value> = figment
         .extract()
         .map_err(|e| ConfigError(format!("configuration: {}", first_line(&e.to_string()))))?;
+    // The generic HTTP backend's description is a table of its own, not a setting.
+    let http_table = merged.remove("http");
 
     let mut values: BTreeMap<String, (String, String)> = BTreeMap::new();
     // Earlier names used in the file: applied below, once the canonical keys are in.
@@ -310,7 +315,14 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             }
         }
     }
-    validate(&Raw { values, given_as })
+    let mut config = validate(&Raw { values, given_as })?;
+    config.backend.http = section::http_description(
+        config.backend.kind,
+        http_table,
+        file.as_deref(),
+        &sources.env,
+    )?;
+    Ok(config)
 }
 
 fn origin_name(meta: &Metadata, file: Option<&Path>) -> String {

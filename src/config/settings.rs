@@ -135,7 +135,7 @@ pub const SETTINGS: &[Setting] = &[
         "LOOKUP_BACKEND",
         Some("userli"),
         false,
-        "Where answers come from: `userli` (the HTTP API) or `fixture` (a TOML file, see `FIXTURE_PATH`).",
+        "Where answers come from: `userli` (the HTTP API), `fixture` (a TOML file, see `FIXTURE_PATH`) or `http` (any HTTP/JSON API, described in the config file's `[http]` table; see [Other directories over HTTP](#other-directories-over-http)).",
     ),
     s(
         "FIXTURE_PATH",

@@ -18,6 +18,91 @@ pub struct BackendSection {
     pub userli_token: Option<Secret>,
     /// `FIXTURE_PATH`.
     pub fixture_path: Option<PathBuf>,
+    /// The `[http]` table of the configuration file, checked, for
+    /// `LOOKUP_BACKEND=http`.
+    pub http: Option<HttpDescription>,
+}
+
+/// The generic HTTP backend's description and the environment its `${NAME}`
+/// references are resolved in.
+#[derive(Clone)]
+pub struct HttpDescription {
+    /// The `[http]` table.
+    #[cfg(feature = "backend-http")]
+    pub spec: postfix_adapter_backend_http::HttpSpec,
+    /// The environment at start (it holds secrets: never shown).
+    pub env: std::sync::Arc<std::collections::HashMap<String, String>>,
+}
+
+impl std::fmt::Debug for HttpDescription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpDescription").finish_non_exhaustive()
+    }
+}
+
+impl HttpDescription {
+    /// Looks a variable up in the environment at start.
+    pub fn var(&self, name: &str) -> Option<String> {
+        self.env.get(name).cloned()
+    }
+}
+
+/// Reads and checks the `[http]` table when `kind` is [`BackendKind::Http`]: a
+/// broken URL template, pointer or variable is named now (`check-config`), not at
+/// the first lookup.
+pub(crate) fn http_description(
+    kind: BackendKind,
+    table: Option<figment::value::Value>,
+    file: Option<&std::path::Path>,
+    env: &std::collections::HashMap<String, String>,
+) -> Result<Option<HttpDescription>, ConfigError> {
+    let where_ = || file.map_or_else(|| "the config file".to_owned(), |p| p.display().to_string());
+    if kind != BackendKind::Http {
+        if table.is_some() {
+            return Err(ConfigError(format!(
+                "{}: [http] describes the http backend, but LOOKUP_BACKEND is {}",
+                where_(),
+                kind.as_str()
+            )));
+        }
+        return Ok(None);
+    }
+    let Some(table) = table else {
+        return Err(ConfigError(
+            "LOOKUP_BACKEND=http needs an [http] table in the config file (CONFIG_FILE); see examples/http-backend/userli.toml"
+                .to_owned(),
+        ));
+    };
+    #[cfg(feature = "backend-http")]
+    {
+        let spec: postfix_adapter_backend_http::HttpSpec = table.deserialize().map_err(|e| {
+            ConfigError(format!(
+                "{}: [http]: {}",
+                where_(),
+                e.to_string().lines().next().unwrap_or("")
+            ))
+        })?;
+        let description = HttpDescription {
+            spec,
+            env: std::sync::Arc::new(env.clone()),
+        };
+        let lookup = |name: &str| description.var(name);
+        postfix_adapter_backend_http::HttpBackend::new(
+            &description.spec,
+            &lookup,
+            &postfix_adapter_backend_http::ClientSettings::default(),
+            None,
+        )
+        .map_err(|e| ConfigError(format!("{}: {e}", where_())))?;
+        Ok(Some(description))
+    }
+    #[cfg(not(feature = "backend-http"))]
+    {
+        let _ = (table, env);
+        Err(ConfigError(
+            "LOOKUP_BACKEND=http is not compiled into this binary".into(),
+        ))
+    }
 }
 
 impl BackendSection {
@@ -26,11 +111,12 @@ impl BackendSection {
         let kind = match v.to_ascii_lowercase().as_str() {
             "userli" => BackendKind::Userli,
             "fixture" => BackendKind::Fixture,
+            "http" => BackendKind::Http,
             _ => {
                 return Err(ConfigError::setting(
                     "LOOKUP_BACKEND",
                     o,
-                    format!("unknown backend {v:?} (use userli or fixture)"),
+                    format!("unknown backend {v:?} (use userli, fixture or http)"),
                 ));
             }
         };
@@ -75,6 +161,7 @@ impl BackendSection {
             userli_base_url,
             userli_token,
             fixture_path,
+            http: None,
         })
     }
 }

@@ -8,7 +8,8 @@ mod lookups;
 mod policy;
 mod sasl;
 
-pub use backend::BackendSection;
+pub(crate) use backend::http_description;
+pub use backend::{BackendSection, HttpDescription};
 pub use listeners::ListenerSection;
 pub use logging::LoggingSection;
 pub use lookups::LookupSection;
