@@ -1,0 +1,15 @@
+//! Password hashes as directories store them, checked when loaded and verified on
+//! login, for the backends that verify passwords themselves (fixture, SQL):
+//! argon2 (PHC strings), SHA-crypt (`$6$`, `$5$`) and bcrypt (`$2y$` ...), each
+//! also with Dovecot's scheme prefix (`{ARGON2ID}`, `{SHA512-CRYPT}`,
+//! `{BLF-CRYPT}` ...), as PostfixAdmin writes them. Verification is CPU- and
+//! memory-heavy: [`Verifier`] runs it on a few dedicated threads that reuse their
+//! argon2 memory, never on the async workers.
+//!
+//! Nothing here ever puts a password or a hash into a message.
+
+mod hash;
+mod verifier;
+
+pub use hash::{SUPPORTED, Scheme, check, verify};
+pub use verifier::{Verifier, VerifyFailed};
