@@ -3,15 +3,18 @@
 #   --postfix-only: postfix (postmap), swaks, curl (the demo itself needs none)
 #   --soak: python3-matplotlib only (scripts/soak.sh draws its plots with it)
 #   tests: also redis-server, openssl (certificates for the rediss:// tests),
-#          prometheus (promtool, for tests/operator_kit.rs) and systemd
-#          (systemd-analyze, for tests/deploy_files.rs)
+#          prometheus (promtool, for tests/operator_kit.rs), systemd
+#          (systemd-analyze, for tests/deploy_files.rs), postgresql and
+#          mariadb-server (the SQL backend's tests start throw-away servers of
+#          their own) and postfix-pgsql (Postfix's pgsql: map, for the SQL
+#          benchmark's floor)
 set -euo pipefail
 
 # What each use needs, by the command (or Python module) that shows it is there.
 case "${1:-}" in
   --soak) wanted=(matplotlib) ;;
   --postfix-only) wanted=(postmap swaks curl) ;;
-  *) wanted=(postmap swaks curl redis-server openssl promtool systemd-analyze) ;;
+  *) wanted=(postmap swaks curl redis-server openssl promtool systemd-analyze pg_ctlcluster mariadbd postfix-pgsql) ;;
 esac
 package_of() {
   case "$1" in
@@ -19,12 +22,18 @@ package_of() {
     promtool) echo prometheus ;;
     systemd-analyze) echo systemd ;;
     matplotlib) echo python3-matplotlib ;;
+    pg_ctlcluster) echo postgresql ;;
+    mariadbd) echo mariadb-server ;;
     *) echo "$1" ;;
   esac
 }
 present() {
   if [ "$1" = matplotlib ]; then
     python3 -c 'import matplotlib' >/dev/null 2>&1
+  elif [ "$1" = postfix-pgsql ]; then
+    [ -e /usr/lib/postfix/postfix-pgsql.so ]
+  elif [ "$1" = mariadbd ]; then
+    [ -x /usr/sbin/mariadbd ]
   else
     command -v "$1" >/dev/null 2>&1
   fi
@@ -50,3 +59,9 @@ $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-reco
 if printf '%s\n' "${missing[@]}" | grep -qx prometheus && command -v systemctl >/dev/null 2>&1; then
   $sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
+# Likewise the database servers: the tests start servers of their own.
+for server in postgresql mariadb; do
+  if printf '%s\n' "${missing[@]}" | grep -qx "$server\(-server\)\?" && command -v systemctl >/dev/null 2>&1; then
+    $sudo systemctl disable --now "$server" >/dev/null 2>&1 || true
+  fi
+done

@@ -86,6 +86,18 @@ pub fn build_backend(
             .map_err(|e| BuildError::Backend(e.to_string()))?;
             Ok(Arc::new(backend))
         }
+        #[cfg(feature = "backend-sql")]
+        BackendKind::Sql => {
+            use postfix_adapter_backend_sql::SqlBackend;
+            if config.backend.sql_url.is_none() {
+                return Err(BuildError::Missing("SQL_URL is required"));
+            }
+            let sql = config
+                .backend
+                .sql_config(config.lookups.backend_call_timeout());
+            let backend = SqlBackend::new(&sql).map_err(|e| BuildError::Backend(e.to_string()))?;
+            Ok(Arc::new(backend))
+        }
         BackendKind::Custom => Err(BuildError::Missing(
             "a custom backend is passed to Server::bind, not built from the configuration",
         )),

@@ -159,6 +159,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .as_ref()
             .map_or_else(String::new, |p| p.display().to_string()),
         config::BackendKind::Http => "the [http] table of the config file".to_owned(),
+        config::BackendKind::Sql => "SQL_URL".to_owned(),
         config::BackendKind::Custom => String::new(),
     };
     raise_open_files_limit(&config);

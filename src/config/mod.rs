@@ -80,6 +80,8 @@ pub enum BackendKind {
     Fixture,
     /// Any HTTP/JSON API, described in the configuration file's `[http]` table.
     Http,
+    /// A SQL database (`SQL_URL`).
+    Sql,
     /// A backend the embedder passes to [`crate::Server::bind`] itself
     /// ([`Config::embedded`]); not selectable by `LOOKUP_BACKEND`.
     Custom,
@@ -92,6 +94,7 @@ impl BackendKind {
             Self::Userli => "userli",
             Self::Fixture => "fixture",
             Self::Http => "http",
+            Self::Sql => "sql",
             Self::Custom => "custom",
         }
     }
@@ -316,6 +319,14 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         }
     }
     let mut config = validate(&Raw { values, given_as })?;
+    #[cfg(feature = "backend-sql")]
+    if config.backend.kind == BackendKind::Sql {
+        config
+            .backend
+            .sql_config(config.lookups.backend_call_timeout())
+            .validate()
+            .map_err(|e| ConfigError(e.to_string()))?;
+    }
     config.backend.http = section::http_description(
         config.backend.kind,
         http_table,

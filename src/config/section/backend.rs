@@ -21,6 +21,14 @@ pub struct BackendSection {
     /// The `[http]` table of the configuration file, checked, for
     /// `LOOKUP_BACKEND=http`.
     pub http: Option<HttpDescription>,
+    /// `SQL_URL` or the content of `SQL_URL_FILE`.
+    pub sql_url: Option<Secret>,
+    /// `SQL_PRESET`: `postfixadmin` or none.
+    pub sql_preset_postfixadmin: bool,
+    /// `SQL_QUERY_DOMAIN`, `_MAILBOX`, `_ALIAS`, `_SENDERS`, `_AUTH`, `_QUOTA`.
+    pub sql_queries: [Option<String>; 6],
+    /// `SQL_MAX_CONNECTIONS`.
+    pub sql_max_connections: u32,
 }
 
 /// The generic HTTP backend's description and the environment its `${NAME}`
@@ -106,17 +114,51 @@ pub(crate) fn http_description(
 }
 
 impl BackendSection {
+    /// The SQL backend's configuration (`SQL_*`), with `timeout` as the statement
+    /// deadline.
+    #[cfg(feature = "backend-sql")]
+    pub fn sql_config(
+        &self,
+        timeout: std::time::Duration,
+    ) -> postfix_adapter_backend_sql::SqlConfig {
+        use postfix_adapter_backend_sql::{Preset, Queries, SqlConfig};
+        let [domain, mailbox, alias, senders, auth, quota] = self.sql_queries.clone();
+        SqlConfig {
+            url: self
+                .sql_url
+                .as_ref()
+                .map(|u| u.expose().to_owned())
+                .unwrap_or_default(),
+            preset: if self.sql_preset_postfixadmin {
+                Preset::PostfixAdmin
+            } else {
+                Preset::None
+            },
+            queries: Queries {
+                domain,
+                mailbox,
+                alias,
+                senders,
+                auth,
+                quota,
+            },
+            max_connections: self.sql_max_connections,
+            timeout,
+        }
+    }
+
     pub(crate) fn load(raw: &Raw) -> Result<Self, ConfigError> {
         let (v, o) = raw.required("LOOKUP_BACKEND");
         let kind = match v.to_ascii_lowercase().as_str() {
             "userli" => BackendKind::Userli,
             "fixture" => BackendKind::Fixture,
             "http" => BackendKind::Http,
+            "sql" => BackendKind::Sql,
             _ => {
                 return Err(ConfigError::setting(
                     "LOOKUP_BACKEND",
                     o,
-                    format!("unknown backend {v:?} (use userli, fixture or http)"),
+                    format!("unknown backend {v:?} (use userli, fixture, http or sql)"),
                 ));
             }
         };
@@ -143,6 +185,27 @@ impl BackendSection {
         }
 
         let userli_token = token(raw)?;
+        let sql_url = secret_or_file(raw, "SQL_URL", "SQL_URL_FILE")?;
+        if kind == BackendKind::Sql && sql_url.is_none() {
+            return Err(ConfigError(
+                "SQL_URL is required (or SQL_URL_FILE) when LOOKUP_BACKEND is sql".into(),
+            ));
+        }
+        let sql_preset_postfixadmin = raw.choice("SQL_PRESET", ["none", "postfixadmin"])?;
+        let query = |env: &str| {
+            raw.get(env)
+                .map(|(v, _)| v.to_owned())
+                .filter(|v| !v.trim().is_empty())
+        };
+        let sql_queries = [
+            query("SQL_QUERY_DOMAIN"),
+            query("SQL_QUERY_MAILBOX"),
+            query("SQL_QUERY_ALIAS"),
+            query("SQL_QUERY_SENDERS"),
+            query("SQL_QUERY_AUTH"),
+            query("SQL_QUERY_QUOTA"),
+        ];
+        let sql_max_connections = raw.number("SQL_MAX_CONNECTIONS", 1, 10_000)? as u32;
         if kind == BackendKind::Userli && userli_token.is_none() {
             return Err(ConfigError(
                 "USERLI_TOKEN is required (or USERLI_TOKEN_FILE) when LOOKUP_BACKEND is userli"
@@ -162,37 +225,47 @@ impl BackendSection {
             userli_token,
             fixture_path,
             http: None,
+            sql_url,
+            sql_preset_postfixadmin,
+            sql_queries,
+            sql_max_connections,
         })
     }
 }
 
 /// `USERLI_TOKEN`, or the content of `USERLI_TOKEN_FILE` (not both).
-fn token(raw: &Raw) -> Result<Option<Secret>, ConfigError> {
-    let token = match (raw.get("USERLI_TOKEN"), raw.get("USERLI_TOKEN_FILE")) {
+/// A secret given as `env` or read from the file `file_env` names (trailing line
+/// break removed); both set is an error, as is an empty file.
+fn secret_or_file(raw: &Raw, env: &str, file_env: &str) -> Result<Option<Secret>, ConfigError> {
+    Ok(match (raw.get(env), raw.get(file_env)) {
         (Some(_), Some((_, o))) => {
             return Err(ConfigError::setting(
-                "USERLI_TOKEN_FILE",
+                file_env,
                 o,
-                "USERLI_TOKEN is set too; set only one of them",
+                format!("{env} is set too; set only one of them"),
             ));
         }
-        (Some((token, _)), None) => Some(Secret::new(token)),
+        (Some((value, _)), None) => Some(Secret::new(value)),
         (None, Some((path, o))) => {
             let content = std::fs::read_to_string(path).map_err(|e| {
-                ConfigError::setting("USERLI_TOKEN_FILE", o, format!("cannot read {path:?}: {e}"))
+                ConfigError::setting(file_env, o, format!("cannot read {path:?}: {e}"))
             })?;
-            let token = content.trim_end_matches(['\n', '\r']);
-            if token.is_empty() {
+            let value = content.trim_end_matches(['\n', '\r']);
+            if value.is_empty() {
                 return Err(ConfigError::setting(
-                    "USERLI_TOKEN_FILE",
+                    file_env,
                     o,
                     format!("{path:?} is empty"),
                 ));
             }
-            Some(Secret::new(token))
+            Some(Secret::new(value))
         }
         (None, None) => None,
-    };
+    })
+}
+
+fn token(raw: &Raw) -> Result<Option<Secret>, ConfigError> {
+    let token = secret_or_file(raw, "USERLI_TOKEN", "USERLI_TOKEN_FILE")?;
     if let Some(token) = &token
         && token.expose().chars().any(|c| c.is_control() || c == ' ')
     {
