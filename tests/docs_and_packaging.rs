@@ -59,6 +59,8 @@ fn readme_first_screen_has_the_two_setup_commands() {
             "postmap" => "postfix",
             "promtool" => "prometheus",
             "systemd-analyze" => "systemd",
+            "pg_ctlcluster" => "postgresql",
+            "mariadbd" => "mariadb-server",
             other => other,
         }
     }
