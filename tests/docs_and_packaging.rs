@@ -181,3 +181,49 @@ fn dockerfile_ships_the_binary_as_non_root_with_the_demo_data() {
     );
     assert!(version.contains("rust-version"));
 }
+
+/// Every entry of the README's contents leads to a heading (a lost heading once
+/// swallowed a whole section into a code block).
+#[test]
+fn readme_contents_point_at_headings() {
+    let readme = read("README.md");
+    let anchor = |heading: &str| -> String {
+        heading
+            .trim()
+            .to_lowercase()
+            .chars()
+            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+            .map(|c| if c == ' ' { '-' } else { c })
+            .collect()
+    };
+    let anchors: Vec<String> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("## ").or_else(|| l.strip_prefix("### ")))
+        .map(anchor)
+        .collect();
+    let contents = readme
+        .split("## Contents")
+        .nth(1)
+        .expect("a contents section")
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let mut entries = 0;
+    for line in contents.lines() {
+        if let Some(target) = line.split("](#").nth(1) {
+            let target = target.trim_end_matches(')');
+            assert!(
+                anchors.iter().any(|a| a == target),
+                "no heading for #{target}"
+            );
+            entries += 1;
+        }
+    }
+    assert!(entries >= 10, "{entries} entries");
+    // Code fences are balanced: a missing one turns the rest into code.
+    let fences = readme
+        .lines()
+        .filter(|l| l.trim_start().starts_with("```"))
+        .count();
+    assert_eq!(fences % 2, 0, "an unclosed code block in the README");
+}
