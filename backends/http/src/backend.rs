@@ -67,6 +67,7 @@ struct Compiled {
     separator: Option<String>,
     per_hour: String,
     per_day: String,
+    key_pattern: Option<regex::Regex>,
 }
 
 /// The compiled password check.
@@ -80,6 +81,7 @@ struct CompiledAuth {
     unless: Option<String>,
     unauthorized: Vec<u16>,
     trusted_reasons: Vec<String>,
+    key_pattern: Option<regex::Regex>,
 }
 
 /// A backend answering from any HTTP/JSON API described by an [`HttpSpec`].
@@ -127,6 +129,16 @@ fn headers(
         map.insert(name, value);
     }
     Ok(map)
+}
+
+/// `pattern` compiled to match whole keys only.
+fn key_pattern(pattern: Option<&String>, field: &str) -> Result<Option<regex::Regex>, SpecError> {
+    pattern
+        .map(|p| {
+            regex::Regex::new(&format!("^(?:{p})$"))
+                .map_err(|e| SpecError::new(field, format!("not a regular expression: {e}")))
+        })
+        .transpose()
 }
 
 fn pointer(text: &str, field: &str) -> Result<String, SpecError> {
@@ -234,6 +246,7 @@ fn compile(
         separator: q.answer.separator.clone(),
         per_hour: quota_pointer(&q.answer.per_hour, "per_hour")?,
         per_day: quota_pointer(&q.answer.per_day, "per_day")?,
+        key_pattern: key_pattern(q.key_pattern.as_ref(), &format!("{field}.key_pattern"))?,
     }))
 }
 
@@ -278,6 +291,7 @@ fn compile_auth(
         unless: optional_pointer(&q.refused.unless, "unless")?,
         unauthorized: q.unauthorized.clone(),
         trusted_reasons: q.trusted_reasons.clone(),
+        key_pattern: key_pattern(q.key_pattern.as_ref(), "http.auth.key_pattern")?,
     }))
 }
 
@@ -436,6 +450,18 @@ impl HttpBackend {
 
     /// Asks `question` for `key`: the answer's value, or `None` for not found.
     async fn ask(&self, question: &Compiled, key: &str) -> Result<Option<Value>, BackendError> {
+        if question
+            .key_pattern
+            .as_ref()
+            .is_some_and(|p| !p.is_match(key))
+        {
+            tracing::debug!(
+                endpoint = question.label,
+                key,
+                "key the directory cannot hold, not asked"
+            );
+            return Ok(None);
+        }
         let exchange = self
             .exchange(
                 &question.request,
@@ -685,6 +711,13 @@ impl LookupBackend for HttpBackend {
         let Ok(password) = std::str::from_utf8(password) else {
             return refuse();
         };
+        if auth
+            .key_pattern
+            .as_ref()
+            .is_some_and(|p| !p.is_match(login.as_str()))
+        {
+            return refuse();
+        }
         self.post_auth(auth, login.as_str(), password).await
     }
 

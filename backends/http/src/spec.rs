@@ -93,6 +93,10 @@ pub struct Question {
     /// Where the answer is in a found body, and what shape it has.
     #[serde(default)]
     pub answer: Answer,
+    /// A regular expression the whole key must match to be asked at all; any
+    /// other key is "not found" without a request (keys the directory can never
+    /// hold, e.g. with characters its API cannot route).
+    pub key_pattern: Option<String>,
 }
 
 /// A "not found" answer.
@@ -167,6 +171,8 @@ pub struct AuthQuestion {
     /// (others are checked for an echo of the password first).
     #[serde(default)]
     pub trusted_reasons: Vec<String>,
+    /// As for lookups: a login that does not match fails without a request.
+    pub key_pattern: Option<String>,
 }
 
 /// A successful password check.

@@ -65,6 +65,10 @@ fn each_mistake_names_its_setting() {
             "[http]\nheaders = { \"Bad Name\" = \"x\" }\n[http.domain]\nurl = \"${BASE}/{key}\"\n",
             "http.domain.headers.Bad Name: not a valid header name",
         ),
+        (
+            "[http.domain]\nurl = \"${BASE}/{key}\"\nkey_pattern = \"(\"\n",
+            "http.domain.key_pattern: not a regular expression",
+        ),
     ] {
         let err = build(toml_text).expect_err(toml_text);
         assert!(err.starts_with(setting), "{toml_text}\n=> {err}");

@@ -363,6 +363,56 @@ async fn both_backends_agree_on_every_answer_and_failure() {
             "generic backend disagrees on {question:?} (userli: {from_userli})"
         );
     }
+    // Keys userli can never hold: neither backend asks (the API would answer
+    // `true` to anything here), both say "not found".
+    server.reset().await;
+    Mock::given(any())
+        .respond_with(r(200).set_body_json(json!(true)))
+        .mount(&server)
+        .await;
+    let mut exotic = 0;
+    for key in [
+        "fo/o@example.org",
+        "a=b@example.org",
+        "user@exa%mple.org",
+        "us er@example.org",
+        "user@example..org",
+        "ü@example.org",
+    ] {
+        let Ok(address) = Address::parse(key) else {
+            continue;
+        };
+        exotic += 1;
+        for backend in [&u as &dyn LookupBackend, &g] {
+            assert!(!backend.mailbox_exists(&address).await.unwrap(), "{key}");
+            assert!(backend.aliases(&address).await.unwrap().is_empty(), "{key}");
+            assert!(backend.senders(&address).await.unwrap().is_empty(), "{key}");
+            assert_eq!(backend.smtp_quota(&address).await.unwrap(), None, "{key}");
+            assert!(
+                matches!(
+                    backend.authenticate(&address, b"password").await.unwrap(),
+                    AuthOutcome::Failure { .. }
+                ),
+                "{key}"
+            );
+        }
+    }
+    assert!(exotic >= 3, "{exotic} exotic keys parsed");
+    for domain in [
+        "exa/mple.org",
+        "example..org",
+        "ex%61mple.org",
+        "a@b.org",
+        "exa mple.org",
+    ] {
+        assert!(!u.domain_exists(domain).await.unwrap(), "{domain}");
+        assert!(!g.domain_exists(domain).await.unwrap(), "{domain}");
+    }
+    assert!(
+        g.domain_exists("example.org").await.unwrap(),
+        "an ordinary key is asked"
+    );
+
     // Passwords neither sends: refused without a request.
     server.reset().await;
     Mock::given(any())
