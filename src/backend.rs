@@ -92,9 +92,9 @@ pub fn build_backend(
             if config.backend.sql_url.is_none() {
                 return Err(BuildError::Missing("SQL_URL is required"));
             }
-            let sql = config
-                .backend
-                .sql_config(config.lookups.backend_call_timeout());
+            // Inside the lookup deadline: a statement's connection is held until
+            // it ends, so one the callers gave up on must not keep the pool busy.
+            let sql = config.backend.sql_config(config.lookups.timeout);
             let backend = SqlBackend::new(&sql).map_err(|e| BuildError::Backend(e.to_string()))?;
             Ok(Arc::new(backend))
         }

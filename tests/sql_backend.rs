@@ -263,3 +263,56 @@ async fn a_database_restarted_under_the_adapter_gives_stale_answers_and_temp() {
         back.elapsed()
     );
 }
+
+/// A statement past the deadline: the caller gets an error in time, and the
+/// server stops it too (PostgreSQL's `statement_timeout`, set from the deadline),
+/// so its connection is not held for a caller that has long been answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs postgresql"]
+async fn a_slow_statement_is_stopped_at_the_deadline_by_the_server_too() {
+    let server = tokio::task::block_in_place(|| SqlServer::new(Kind::Postgres));
+    let sql = format!(
+        "{}{}",
+        postfixadmin::schema("boolean"),
+        postfixadmin::data()
+    );
+    server.create_database("postfixadmin", &sql).await;
+    let mut config = sql_config(&server.url("postfixadmin"));
+    config.preset = Preset::None;
+    config.timeout = Duration::from_millis(500);
+    config.queries = Queries {
+        mailbox: Some("SELECT 1 FROM mailbox, pg_sleep(5) WHERE username = '%s'".into()),
+        ..Queries::default()
+    };
+    let backend = SqlBackend::new(&config).unwrap();
+    let started = Instant::now();
+    let err = backend
+        .mailbox_exists(&addr("user@example.org"))
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(
+            err,
+            postfix_adapter_backend::BackendError::Timeout
+                | postfix_adapter_backend::BackendError::Other(_)
+        ),
+        "{err}"
+    );
+    // The server gave up on it as well: no sleeping statement left after the deadline.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let admin = sqlx::AnyPool::connect(&server.url("postgres"))
+        .await
+        .unwrap();
+    let (running,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(5)%' AND state = 'active' AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(running, 0, "the statement still runs on the server");
+}

@@ -323,7 +323,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     if config.backend.kind == BackendKind::Sql {
         config
             .backend
-            .sql_config(config.lookups.backend_call_timeout())
+            .sql_config(config.lookups.timeout)
             .validate()
             .map_err(|e| ConfigError(e.to_string()))?;
     }

@@ -162,6 +162,17 @@ impl SqlBackend {
             Dialect::MySql if config.url.to_ascii_lowercase().starts_with("mariadb:") => {
                 format!("mysql:{}", &config.url["mariadb:".len()..])
             }
+            // The server stops a statement at the deadline too, rather than working
+            // on for a caller that has long been answered (unless the URL says
+            // otherwise).
+            Dialect::Postgres if !config.url.contains("statement_timeout") => {
+                let separator = if config.url.contains('?') { '&' } else { '?' };
+                format!(
+                    "{}{separator}options=-c%20statement_timeout%3D{}",
+                    config.url,
+                    config.timeout.as_millis().max(1)
+                )
+            }
             _ => config.url.clone(),
         };
         let pool = AnyPoolOptions::new()
