@@ -135,8 +135,12 @@ fn headers(
 fn key_pattern(pattern: Option<&String>, field: &str) -> Result<Option<regex::Regex>, SpecError> {
     pattern
         .map(|p| {
-            regex::Regex::new(&format!("^(?:{p})$"))
-                .map_err(|e| SpecError::new(field, format!("not a regular expression: {e}")))
+            let invalid =
+                |e: regex::Error| SpecError::new(field, format!("not a regular expression: {e}"));
+            // Alone first: `a)|(.*` would otherwise close the anchoring group and
+            // match everything.
+            regex::Regex::new(p).map_err(invalid)?;
+            regex::Regex::new(&format!("^(?:{p})$")).map_err(invalid)
         })
         .transpose()
 }
@@ -201,6 +205,12 @@ fn compile(
             format!("{kind:?} does not answer this question").to_lowercase(),
         ));
     }
+    if q.answer.separator.as_deref() == Some("") {
+        return Err(SpecError::new(
+            &format!("{field}.answer.separator"),
+            "is empty: it would split an answer into single characters",
+        ));
+    }
     let not_found = q
         .not_found
         .iter()
@@ -259,9 +269,17 @@ fn compile_auth(
         return Ok(None);
     };
     let field = "http.auth";
+    // A success needs a body that says so: a bare 200 (a maintenance page, a
+    // single-page app's fallback, a wrong URL) must never accept every password.
     let success_at = match (&q.success.pointer, &q.success.equals) {
         (Some(p), Some(v)) => Some((pointer(p, "http.auth.success.pointer")?, v.clone())),
-        (None, None) => None,
+        (None, None) => {
+            return Err(SpecError::new(
+                "http.auth.success",
+                "needs pointer and equals (where the body says the password is right): \
+                 a bare success status would let any 200 page accept every password",
+            ));
+        }
         _ => {
             return Err(SpecError::new(
                 "http.auth.success",
@@ -269,6 +287,19 @@ fn compile_auth(
             ));
         }
     };
+    // A status that may mean either "wrong password" or "the adapter's token was
+    // refused" needs the body to tell them apart, or an expired token would fail
+    // every login with 535 (and lock users out) instead of 454.
+    if q.refused.reason.is_none()
+        && q.refused.unless.is_none()
+        && q.refused.status.iter().any(|s| q.unauthorized.contains(s))
+    {
+        return Err(SpecError::new(
+            "http.auth.refused",
+            "shares statuses with unauthorized: set reason (where a refused login's message \
+             is) or unless (what marks the adapter's credentials refused), or separate the statuses",
+        ));
+    }
     let optional_pointer = |p: &Option<String>, name: &str| {
         p.as_deref()
             .map(|p| pointer(p, &format!("http.auth.refused.{name}")))
@@ -397,9 +428,10 @@ impl HttpBackend {
         }
         .headers(request.headers.clone());
         if let Some(body) = &request.body {
-            builder = builder
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.render(key, password.unwrap_or_default()));
+            if !request.headers.contains_key(reqwest::header::CONTENT_TYPE) {
+                builder = builder.header(reqwest::header::CONTENT_TYPE, "application/json");
+            }
+            builder = builder.body(body.render(key, password.unwrap_or_default()));
         }
         let mut observation = Observation::start(&self.inner.metrics, label);
         let response = builder.send().await.map_err(transport_error)?;
@@ -462,6 +494,15 @@ impl HttpBackend {
             );
             return Ok(None);
         }
+        self.ask_unscreened(question, key).await
+    }
+
+    /// [`Self::ask`] without the key pattern (the health check must reach the API).
+    async fn ask_unscreened(
+        &self,
+        question: &Compiled,
+        key: &str,
+    ) -> Result<Option<Value>, BackendError> {
         let exchange = self
             .exchange(
                 &question.request,
@@ -723,7 +764,10 @@ impl LookupBackend for HttpBackend {
 
     async fn health(&self) -> Result<(), BackendError> {
         match self.inner.domain.as_ref() {
-            Some(domain) => self.ask(domain, &self.inner.health_key).await.map(|_| ()),
+            Some(domain) => self
+                .ask_unscreened(domain, &self.inner.health_key)
+                .await
+                .map(|_| ()),
             None => Ok(()),
         }
     }

@@ -209,7 +209,8 @@ pub struct Refused {
     pub status: Vec<u16>,
     /// Where the refusal's reason is; when given, a refusal status whose body has
     /// no string there is not a refused login but the adapter's credentials
-    /// refused (if the status is in `unauthorized`) or an error.
+    /// refused (if the status is in `unauthorized`) or an error. Statuses shared
+    /// with `unauthorized` need this or [`Self::unless`].
     pub reason: Option<String>,
     /// A pointer whose presence means the adapter's own credentials were refused
     /// (e.g. `/error`), whatever else the body says.

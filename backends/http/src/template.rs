@@ -86,11 +86,16 @@ impl UrlTemplate {
     pub(crate) fn parse(text: &str, field: &str) -> Result<Self, SpecError> {
         let text = match text.split_once("://") {
             Some((scheme, rest)) => {
-                let mut rest = rest.to_owned();
-                while rest.contains("//") {
-                    rest = rest.replace("//", "/");
+                // The path only: a query (`?next=https://…`) keeps its slashes.
+                let (path, query) = match rest.find('?') {
+                    Some(at) => rest.split_at(at),
+                    None => (rest, ""),
+                };
+                let mut path = path.to_owned();
+                while path.contains("//") {
+                    path = path.replace("//", "/");
                 }
-                format!("{scheme}://{rest}")
+                format!("{scheme}://{path}{query}")
             }
             None => text.to_owned(),
         };
@@ -132,16 +137,39 @@ impl UrlTemplate {
 /// string.
 #[derive(Debug, Clone)]
 pub(crate) struct BodyTemplate {
-    text: String,
+    parts: Vec<BodyPart>,
+}
+
+/// A piece of a body template.
+#[derive(Debug, Clone)]
+enum BodyPart {
+    Text(String),
+    Key,
+    Password,
 }
 
 impl BodyTemplate {
     /// Parses `text` (environment already expanded) and proves it is JSON once the
     /// placeholders are filled.
     pub(crate) fn parse(text: &str, field: &str) -> Result<Self, SpecError> {
-        let template = Self {
-            text: text.to_owned(),
-        };
+        // Split once, here: filling in one pass means a login spelt `{password}`
+        // stays a login and never brings the password into another field.
+        let mut parts = Vec::new();
+        let mut rest = text;
+        loop {
+            let next = [("{key}", BodyPart::Key), ("{password}", BodyPart::Password)]
+                .into_iter()
+                .filter_map(|(token, part)| rest.find(token).map(|at| (at, token.len(), part)))
+                .min_by_key(|(at, _, _)| *at);
+            let Some((at, len, part)) = next else {
+                parts.push(BodyPart::Text(rest.to_owned()));
+                break;
+            };
+            parts.push(BodyPart::Text(rest[..at].to_owned()));
+            parts.push(part);
+            rest = &rest[at + len..];
+        }
+        let template = Self { parts };
         serde_json::from_str::<serde_json::Value>(&template.render("k", "p"))
             .map_err(|e| SpecError::new(field, format!("not JSON once filled in: {e}")))?;
         Ok(template)
@@ -150,9 +178,14 @@ impl BodyTemplate {
     /// The body for `key` and `password`.
     pub(crate) fn render(&self, key: &str, password: &str) -> String {
         let json = |s: &str| serde_json::Value::from(s).to_string();
-        self.text
-            .replace("{key}", &json(key))
-            .replace("{password}", &json(password))
+        self.parts
+            .iter()
+            .map(|part| match part {
+                BodyPart::Text(text) => text.clone(),
+                BodyPart::Key => json(key),
+                BodyPart::Password => json(password),
+            })
+            .collect()
     }
 }
 
@@ -215,6 +248,11 @@ mod tests {
         assert!(t.render("").is_err());
         let slashes = UrlTemplate::parse("http://h/base//api/{key}", "f").unwrap();
         assert_eq!(slashes.render("k").unwrap(), "http://h/base/api/k");
+        let query = UrlTemplate::parse("http://h//a?next=https://x//y&k={key}", "f").unwrap();
+        assert_eq!(
+            query.render("k").unwrap(),
+            "http://h/a?next=https://x//y&k=k"
+        );
         assert!(UrlTemplate::parse("ftp://h/{key}", "f").is_err());
         assert!(UrlTemplate::parse("http://u:p@h/{key}", "f").is_err());
         assert!(UrlTemplate::parse("not a url {key}", "f").is_err());
@@ -228,5 +266,10 @@ mod tests {
         assert_eq!(body["email"], "u@x");
         assert_eq!(body["password"], "pa\"ss\\ wörd\n");
         assert!(BodyTemplate::parse(r#"{"email": "{key}"}"#, "f").is_err());
+        // A login spelt like a placeholder stays the login.
+        let body: serde_json::Value =
+            serde_json::from_str(&t.render("{password}@x.org", "s3cret")).unwrap();
+        assert_eq!(body["email"], "{password}@x.org");
+        assert!(!body["email"].to_string().contains("s3cret"));
     }
 }

@@ -54,7 +54,7 @@ fn each_mistake_names_its_setting() {
             "http.alias.not_found[0].body: not JSON",
         ),
         (
-            "[http.auth]\nurl = \"${BASE}/auth\"\nbody = '{\"u\": \"{key}\"}'\n",
+            "[http.auth]\nurl = \"${BASE}/auth\"\nbody = '{\"u\": \"{key}\"}'\nsuccess = { pointer = \"/ok\", equals = true }\nrefused = { reason = \"/m\" }\n",
             "http.auth.body: not JSON once filled in",
         ),
         (
@@ -68,6 +68,22 @@ fn each_mistake_names_its_setting() {
         (
             "[http.domain]\nurl = \"${BASE}/{key}\"\nkey_pattern = \"(\"\n",
             "http.domain.key_pattern: not a regular expression",
+        ),
+        (
+            "[http.domain]\nurl = \"${BASE}/{key}\"\nkey_pattern = \"a)|(.*\"\n",
+            "http.domain.key_pattern: not a regular expression",
+        ),
+        (
+            "[http.alias]\nurl = \"${BASE}/{key}\"\nanswer = { separator = \"\" }\n",
+            "http.alias.answer.separator: is empty",
+        ),
+        (
+            "[http.auth]\nurl = \"${BASE}/auth\"\nrefused = { reason = \"/m\" }\n",
+            "http.auth.success: needs pointer and equals",
+        ),
+        (
+            "[http.auth]\nurl = \"${BASE}/auth\"\nsuccess = { pointer = \"/ok\", equals = true }\n",
+            "http.auth.refused: shares statuses with unauthorized",
         ),
     ] {
         let err = build(toml_text).expect_err(toml_text);

@@ -11,5 +11,8 @@
 mod hash;
 mod verifier;
 
-pub use hash::{SUPPORTED, Scheme, check, verify};
+pub use hash::{
+    MAX_ARGON2_LANES, MAX_ARGON2_MEMORY_KIB, MAX_ARGON2_PASSES, MAX_BCRYPT_COST,
+    MAX_SHA_CRYPT_ROUNDS, SUPPORTED, Scheme, check, verify,
+};
 pub use verifier::{Verifier, VerifyFailed};

@@ -86,6 +86,28 @@ pub struct SqlBackend {
     statements: Statements,
     timeout: Duration,
     verifier: OnceLock<Verifier>,
+    hash_log: MinuteLog,
+}
+
+/// Lets one warning through per minute.
+#[derive(Debug, Default)]
+struct MinuteLog {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl MinuteLog {
+    fn allow(&self) -> bool {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        if last.is_some_and(|t| now.duration_since(t) < Duration::from_secs(60)) {
+            return false;
+        }
+        *last = Some(now);
+        true
+    }
 }
 
 impl std::fmt::Debug for SqlBackend {
@@ -103,7 +125,24 @@ impl SqlConfig {
     /// # Errors
     /// A [`SqlError`] naming the setting.
     pub fn validate(&self) -> Result<(), SqlError> {
-        self.statements().map(|_| ())
+        let (dialect, _) = self.statements()?;
+        // The driver's own parser: a typo such as `sslmode=requir` is named now,
+        // not found at the first lookup.
+        let url = mariadb_as_mysql(dialect, &self.url);
+        let parsed = match dialect {
+            Dialect::Postgres => url.parse::<sqlx::postgres::PgConnectOptions>().map(|_| ()),
+            Dialect::MySql => url.parse::<sqlx::mysql::MySqlConnectOptions>().map(|_| ()),
+            Dialect::Sqlite => url
+                .parse::<sqlx::sqlite::SqliteConnectOptions>()
+                .map(|_| ()),
+        };
+        // The driver's message may quote the URL, password included: not shown.
+        parsed.map_err(|_| {
+            SqlError::new(
+                "SQL_URL",
+                "cannot be parsed by the database driver (check the host, port and parameters)",
+            )
+        })
     }
 
     fn statements(&self) -> Result<(Dialect, Statements), SqlError> {
@@ -157,11 +196,9 @@ impl SqlBackend {
     pub fn new(config: &SqlConfig) -> Result<Self, SqlError> {
         let (dialect, statements) = config.statements()?;
         sqlx::any::install_default_drivers();
+        config.validate()?;
         let url = match dialect {
-            // sqlx knows MariaDB as MySQL.
-            Dialect::MySql if config.url.to_ascii_lowercase().starts_with("mariadb:") => {
-                format!("mysql:{}", &config.url["mariadb:".len()..])
-            }
+            Dialect::MySql => mariadb_as_mysql(dialect, &config.url),
             // The server stops a statement at the deadline too, rather than working
             // on for a caller that has long been answered (unless the URL says
             // otherwise).
@@ -195,6 +232,7 @@ impl SqlBackend {
             statements,
             timeout: config.timeout,
             verifier: OnceLock::new(),
+            hash_log: MinuteLog::default(),
         })
     }
 
@@ -203,7 +241,7 @@ impl SqlBackend {
         tracing::debug!(key, "querying the database");
         let query = sqlx::query::<Any>(&statement.sql).bind(key.to_owned());
         match tokio::time::timeout(self.timeout, query.fetch_all(&self.pool)).await {
-            Ok(rows) => rows.map_err(database_error),
+            Ok(rows) => rows.map_err(|e| database_error(e, key)),
             Err(_) => Err(BackendError::Timeout),
         }
     }
@@ -243,6 +281,15 @@ impl SqlBackend {
     }
 }
 
+/// `url` with `mariadb:` as `mysql:`, the name sqlx knows MariaDB by.
+fn mariadb_as_mysql(dialect: Dialect, url: &str) -> String {
+    if dialect == Dialect::MySql && url.to_ascii_lowercase().starts_with("mariadb:") {
+        format!("mysql:{}", &url["mariadb:".len()..])
+    } else {
+        url.to_owned()
+    }
+}
+
 /// The first column as text (`NULL`: none); a binary column holding UTF-8 too.
 fn text(row: &AnyRow) -> Result<Option<String>, BackendError> {
     if let Ok(value) = row.try_get_unchecked::<Option<String>, _>(0) {
@@ -266,8 +313,18 @@ fn configured(statement: Option<&Statement>) -> Result<&Statement, BackendError>
 }
 
 /// A database failure in the backend's vocabulary: unreachable, too slow, or a
-/// query the database refused (named by its message, on one short line).
-fn database_error(err: sqlx::Error) -> BackendError {
+/// query the database refused (named by its message, on one short line, with the
+/// key taken out: `invalid input syntax for type integer: "user@…"` would put an
+/// address into a log at error level).
+fn database_error(err: sqlx::Error, key: &str) -> BackendError {
+    let redact = |text: &str| {
+        let text = short(text);
+        if key.is_empty() {
+            text
+        } else {
+            text.replace(key, "<key>")
+        }
+    };
     match err {
         sqlx::Error::PoolTimedOut => BackendError::Timeout,
         sqlx::Error::Io(e) => BackendError::unavailable(e),
@@ -275,11 +332,11 @@ fn database_error(err: sqlx::Error) -> BackendError {
         sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
             BackendError::unavailable("database connection pool closed")
         }
-        sqlx::Error::Protocol(e) => BackendError::unavailable(short(&e)),
+        sqlx::Error::Protocol(e) => BackendError::unavailable(redact(&e)),
         sqlx::Error::Database(e) => BackendError::Other(format!(
             "the database refused the query{}: {}",
             e.code().map_or_else(String::new, |c| format!(" ({c})")),
-            short(e.message())
+            redact(e.message())
         )),
         sqlx::Error::ColumnIndexOutOfBounds { .. }
         | sqlx::Error::ColumnDecode { .. }
@@ -287,9 +344,9 @@ fn database_error(err: sqlx::Error) -> BackendError {
         | sqlx::Error::ColumnNotFound(_)
         | sqlx::Error::TypeNotFound { .. } => BackendError::InvalidResponse(format!(
             "unexpected query result: {}",
-            short(&err.to_string())
+            redact(&err.to_string())
         )),
-        other => BackendError::Other(short(&other.to_string())),
+        other => BackendError::Other(redact(&other.to_string())),
     }
 }
 
@@ -375,10 +432,17 @@ impl LookupBackend for SqlBackend {
                     VerifyFailed::Stopped => "password verification was cancelled".into(),
                 })
             })?
-            // The reason names the scheme's problem, never the hash.
-            .map_err(|why| {
-                BackendError::Other(format!("the stored password hash cannot be used: {why}"))
-            })?;
+            .unwrap_or_else(|why| {
+                // One account's row, not the database: an error would make every
+                // attempt at it (by anyone, unauthenticated) count against the
+                // logins' circuit breaker and take SMTP AUTH down for everyone.
+                // The operator hears of it; the login fails as for a wrong password.
+                if self.hash_log.allow() {
+                    tracing::warn!(%why, "a stored password hash cannot be verified, so that login fails (which login: at debug level; at most one such warning a minute)");
+                }
+                tracing::debug!(login = login.as_str(), %why, "unusable password hash");
+                false
+            });
         if verified {
             Ok(AuthOutcome::Success)
         } else {
@@ -393,12 +457,35 @@ impl LookupBackend for SqlBackend {
         )
         .await
         {
-            Ok(result) => result.map(|_| ()).map_err(database_error),
+            Ok(result) => result.map(|_| ()).map_err(|e| database_error(e, "")),
             Err(_) => Err(BackendError::Timeout),
         }
     }
 
     fn name(&self) -> &str {
         "sql"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_messages_never_carry_the_key() {
+        let key = "user@example.org";
+        for err in [
+            sqlx::Error::Protocol(format!("unexpected {key} in\nthe answer")),
+            sqlx::Error::ColumnNotFound(format!("column {key}")),
+        ] {
+            let text = database_error(err, key).to_string();
+            assert!(!text.contains(key), "{text}");
+            assert!(text.contains("<key>"), "{text}");
+            assert!(!text.contains('\n'), "{text}");
+        }
+        assert!(matches!(
+            database_error(sqlx::Error::PoolTimedOut, key),
+            BackendError::Timeout
+        ));
     }
 }

@@ -2,6 +2,8 @@
 //! `mailbox`, `alias`, `alias_domain`), in each dialect.
 //!
 //! - domain: an active domain that is no backup MX, or an active alias domain;
+//!   (a key with more than one `@` never goes through an alias domain: the
+//!   dialects split such keys differently);
 //! - mailbox: an active mailbox, also reached through an active alias domain
 //!   (`user@alias.example` is a mailbox when `user@target.example` is);
 //! - alias: the `goto` of an active alias row (comma-separated, split by the
@@ -56,7 +58,7 @@ pub fn postfixadmin(dialect: Dialect) -> PresetQueries {
     let through_alias_domain = |column: &str| {
         format!(
             "EXISTS (SELECT 1 FROM alias_domain ad WHERE ad.active = '1' AND ad.alias_domain = {domain} \
-             AND {column} = {})",
+             AND q.k NOT LIKE '%@%@%' AND {column} = {})",
             join.replace("{local}", local)
         )
     };

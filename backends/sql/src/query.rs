@@ -82,6 +82,17 @@ pub fn statement(query: &str, dialect: Dialect, setting: &str) -> Result<Stateme
             format!("must use %s exactly once (the key, bound as a parameter); found {count}"),
         ));
     }
+    // Inside a longer string literal (`'%s@example.org'`) a parameter cannot go:
+    // the statement would compare with a constant and never find anything.
+    if !query.contains("'%s'") {
+        let at = query.find("%s").unwrap_or_default();
+        if query[..at].matches('\'').count() % 2 == 1 {
+            return Err(SqlError::new(
+                setting,
+                "has %s inside a longer string literal: write '%s' alone, the whole key",
+            ));
+        }
+    }
     // Quoted as in a Postfix map query, or bare: either way a parameter, never text.
     let sql = if query.contains("'%s'") {
         query.replacen("'%s'", dialect.placeholder(), 1)
@@ -130,6 +141,10 @@ mod tests {
             ("SELECT 1 WHERE a='%s' OR b='%s'", "found 2"),
             ("SELECT 1 WHERE u='%u' AND d='%d'", "uses %u"),
             ("  ", "is empty"),
+            (
+                "SELECT 1 WHERE a = '%s@example.org'",
+                "inside a longer string literal",
+            ),
         ] {
             let err = statement(q, Dialect::Postgres, "SQL_QUERY_ALIAS").unwrap_err();
             assert!(err.to_string().starts_with("SQL_QUERY_ALIAS: "), "{err}");
