@@ -29,7 +29,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{Adapter, metric};
-use private_postfix::{PrivatePostfix, Transcript, free_port};
+use private_postfix::{PrivatePostfix, Transcript, free_port, sasl_main_cf};
 use wiremock::matchers::{any, body_json, method, path, path_regex};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -136,21 +136,6 @@ fn adapter(api: &str, socketmap: &str, sasl: &str, state: &Path) -> Adapter {
     })
 }
 
-fn main_cf(socketmap: &str, sasl: &str) -> String {
-    format!(
-        "\
-smtpd_sasl_type = dovecot
-smtpd_sasl_path = inet:{sasl}
-smtpd_sasl_auth_enable = yes
-smtpd_tls_auth_only = no
-smtpd_sender_login_maps = socketmap:inet:{socketmap}:senders
-smtpd_sender_restrictions = reject_sender_login_mismatch
-smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
-smtpd_recipient_restrictions = permit_sasl_authenticated, reject_unauth_destination
-"
-    )
-}
-
 /// Mail from outside to `to`, with `subject`.
 fn deliver(postfix: &PrivatePostfix, to: &str, subject: &str) -> Transcript {
     tokio::task::block_in_place(|| {
@@ -221,7 +206,7 @@ async fn mail_and_logins_survive_a_userli_outage_across_an_adapter_restart() {
     let postfix = tokio::task::block_in_place(|| {
         PrivatePostfix::start_delivering(
             &socketmap,
-            &main_cf(&socketmap, &sasl),
+            &sasl_main_cf(&socketmap, &sasl),
             &["user@example.org", "user2@example.org", "new@example.org"],
         )
     });

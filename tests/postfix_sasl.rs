@@ -36,7 +36,7 @@ mod private_postfix;
 use std::time::{Duration, Instant};
 
 use common::Adapter;
-use private_postfix::{PrivatePostfix, Transcript, free_port};
+use private_postfix::{PrivatePostfix, Transcript, free_port, sasl_main_cf};
 
 /// swaks' exit code when the server refused the AUTH.
 const SWAKS_AUTH_FAILED: i32 = 28;
@@ -50,25 +50,6 @@ const PASSWORD: &str = "password";
 /// failure delay, plus `extra` environment.
 fn sasl_adapter(extra: &[(&str, &str)]) -> Adapter {
     Adapter::spawn_demo(extra)
-}
-
-/// main.cf lines for SMTP AUTH against the adapter's SASL listener `sasl` and
-/// sender ownership checks against its socketmap `socketmap`.
-fn sasl_main_cf(socketmap: &str, sasl: &str) -> String {
-    format!(
-        "\
-smtpd_sasl_type = dovecot
-smtpd_sasl_path = inet:{sasl}
-smtpd_sasl_auth_enable = yes
-# No TLS in this instance: allow AUTH in the clear.
-smtpd_tls_auth_only = no
-broken_sasl_auth_clients = no
-smtpd_sender_login_maps = socketmap:inet:{socketmap}:senders
-smtpd_sender_restrictions = reject_sender_login_mismatch
-smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
-smtpd_recipient_restrictions = permit_sasl_authenticated, reject_unauth_destination
-"
-    )
 }
 
 /// The adapter and a Postfix using it for SMTP AUTH.

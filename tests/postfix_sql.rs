@@ -17,23 +17,8 @@ mod private_postfix;
 #[path = "support/sql_servers.rs"]
 mod sql_servers;
 
-use private_postfix::{PrivatePostfix, Transcript};
+use private_postfix::{PrivatePostfix, Transcript, sasl_main_cf};
 use sql_servers::{Kind, SqlServer};
-
-fn main_cf(socketmap: &str, sasl: &str) -> String {
-    format!(
-        "\
-smtpd_sasl_type = dovecot
-smtpd_sasl_path = inet:{sasl}
-smtpd_sasl_auth_enable = yes
-smtpd_tls_auth_only = no
-smtpd_sender_login_maps = socketmap:inet:{socketmap}:senders
-smtpd_sender_restrictions = reject_sender_login_mismatch
-smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
-smtpd_recipient_restrictions = permit_sasl_authenticated, reject_unauth_destination
-"
-    )
-}
 
 fn accepted(t: &Transcript, what: &str) {
     let reply = t.reply_to(".");
@@ -64,7 +49,7 @@ async fn postfix_delivers_and_authenticates_from_a_postfixadmin_database() {
     let postfix = tokio::task::block_in_place(|| {
         PrivatePostfix::start_delivering(
             &adapter.socketmap,
-            &main_cf(&adapter.socketmap, &sasl),
+            &sasl_main_cf(&adapter.socketmap, &sasl),
             &["user@example.org", "user2@example.org"],
         )
     });

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use postfix_adapter_backend::testkit::conformance::{Facts, check};
+use postfix_adapter_backend::testkit::conformance::check;
 use postfix_adapter_backend::{Address, AuthOutcome, LookupBackend};
 use postfix_adapter_backend_sql::{Preset, Queries, SqlBackend, SqlConfig};
 use sql_servers::{Kind, SqlServer};
@@ -35,19 +35,7 @@ fn sql_config(url: &str) -> SqlConfig {
 
 /// The contract and the preset's particulars, on any PostfixAdmin database.
 async fn check_postfixadmin(backend: &SqlBackend) {
-    let facts = Facts {
-        domain: Some("example.org"),
-        foreign_domain: Some("example.net"),
-        mailbox: Some("user@example.org"),
-        unknown_address: Some("nobody@example.org"),
-        alias: Some((
-            "alias@example.org",
-            &["user2@example.org", "user@example.org"],
-        )),
-        senders: Some(("user@example.org", &["user@example.org"])),
-        login: Some(("user@example.org", b"password")),
-        quota: None,
-    };
+    let facts = postfixadmin::facts();
     check(backend, &facts).await;
     assert!(backend.domain_exists("alias.example").await.unwrap());
     assert!(!backend.domain_exists("backup.example").await.unwrap());
@@ -75,6 +63,19 @@ async fn check_postfixadmin(backend: &SqlBackend) {
         AuthOutcome::Success
     );
     assert!(backend.health().await.is_ok());
+}
+
+/// A throw-away server of `kind` holding the PostfixAdmin test database
+/// `postfixadmin`.
+async fn postfixadmin_on(kind: Kind) -> SqlServer {
+    let server = tokio::task::block_in_place(|| SqlServer::new(kind));
+    let boolean = match kind {
+        Kind::Postgres => "boolean",
+        Kind::MariaDb => "tinyint(1)",
+    };
+    let sql = format!("{}{}", postfixadmin::schema(boolean), postfixadmin::data());
+    server.create_database("postfixadmin", &sql).await;
+    server
 }
 
 async fn sqlite_database(dir: &Path) -> String {
@@ -169,13 +170,7 @@ async fn a_postfixadmin_sqlite_database_answers_through_the_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs postgresql"]
 async fn a_postfixadmin_postgresql_database_meets_the_contract() {
-    let server = tokio::task::block_in_place(|| SqlServer::new(Kind::Postgres));
-    let sql = format!(
-        "{}{}",
-        postfixadmin::schema("boolean"),
-        postfixadmin::data()
-    );
-    server.create_database("postfixadmin", &sql).await;
+    let server = postfixadmin_on(Kind::Postgres).await;
     let backend = SqlBackend::new(&sql_config(&server.url("postfixadmin"))).unwrap();
     check_postfixadmin(&backend).await;
 }
@@ -183,13 +178,7 @@ async fn a_postfixadmin_postgresql_database_meets_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs mariadb-server"]
 async fn a_postfixadmin_mariadb_database_meets_the_contract() {
-    let server = tokio::task::block_in_place(|| SqlServer::new(Kind::MariaDb));
-    let sql = format!(
-        "{}{}",
-        postfixadmin::schema("tinyint(1)"),
-        postfixadmin::data()
-    );
-    server.create_database("postfixadmin", &sql).await;
+    let server = postfixadmin_on(Kind::MariaDb).await;
     // As PostfixAdmin's users write it.
     let url = server
         .url("postfixadmin")
@@ -204,13 +193,7 @@ async fn a_postfixadmin_mariadb_database_meets_the_contract() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs postgresql"]
 async fn a_database_restarted_under_the_adapter_gives_stale_answers_and_temp() {
-    let mut server = tokio::task::block_in_place(|| SqlServer::new(Kind::Postgres));
-    let sql = format!(
-        "{}{}",
-        postfixadmin::schema("boolean"),
-        postfixadmin::data()
-    );
-    server.create_database("postfixadmin", &sql).await;
+    let mut server = postfixadmin_on(Kind::Postgres).await;
     let url = server.url("postfixadmin");
     let adapter = tokio::task::block_in_place(|| {
         common::Adapter::spawn(&[
@@ -270,13 +253,7 @@ async fn a_database_restarted_under_the_adapter_gives_stale_answers_and_temp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs postgresql"]
 async fn a_slow_statement_is_stopped_at_the_deadline_by_the_server_too() {
-    let server = tokio::task::block_in_place(|| SqlServer::new(Kind::Postgres));
-    let sql = format!(
-        "{}{}",
-        postfixadmin::schema("boolean"),
-        postfixadmin::data()
-    );
-    server.create_database("postfixadmin", &sql).await;
+    let server = postfixadmin_on(Kind::Postgres).await;
     let mut config = sql_config(&server.url("postfixadmin"));
     config.preset = Preset::None;
     config.timeout = Duration::from_millis(500);

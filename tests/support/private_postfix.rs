@@ -319,6 +319,27 @@ impl Drop for PrivatePostfix {
     }
 }
 
+/// main.cf lines for SMTP AUTH against the adapter's SASL listener `sasl` and
+/// sender ownership checks against its socketmap `socketmap`.
+// Not every test binary that includes this module uses it.
+#[allow(dead_code)]
+pub(crate) fn sasl_main_cf(socketmap: &str, sasl: &str) -> String {
+    format!(
+        "\
+smtpd_sasl_type = dovecot
+smtpd_sasl_path = inet:{sasl}
+smtpd_sasl_auth_enable = yes
+# No TLS in this instance: allow AUTH in the clear.
+smtpd_tls_auth_only = no
+broken_sasl_auth_clients = no
+smtpd_sender_login_maps = socketmap:inet:{socketmap}:senders
+smtpd_sender_restrictions = reject_sender_login_mismatch
+smtpd_relay_restrictions = permit_sasl_authenticated, reject_unauth_destination
+smtpd_recipient_restrictions = permit_sasl_authenticated, reject_unauth_destination
+"
+    )
+}
+
 /// What swaks printed and how it exited.
 pub(crate) struct Transcript {
     /// swaks' exit code: 0 all accepted, 24 no RCPT accepted, 26 DATA refused, ...

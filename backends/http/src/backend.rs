@@ -344,39 +344,13 @@ impl HttpBackend {
         settings: &ClientSettings,
         registry: Option<&prometheus::Registry>,
     ) -> Result<Self, SpecError> {
-        let domain = compile(
-            spec,
-            spec.domain.as_ref(),
-            "domain",
-            "domain",
-            Kind::Bool,
-            env,
-        )?;
-        let mailbox = compile(
-            spec,
-            spec.mailbox.as_ref(),
-            "mailbox",
-            "mailbox",
-            Kind::Bool,
-            env,
-        )?;
-        let alias = compile(spec, spec.alias.as_ref(), "alias", "alias", Kind::List, env)?;
-        let senders = compile(
-            spec,
-            spec.senders.as_ref(),
-            "senders",
-            "senders",
-            Kind::List,
-            env,
-        )?;
-        let quota = compile(
-            spec,
-            spec.quota.as_ref(),
-            "quota",
-            "smtp_quota",
-            Kind::Quota,
-            env,
-        )?;
+        let question =
+            |q: Option<&Question>, name, label, kind| compile(spec, q, name, label, kind, env);
+        let domain = question(spec.domain.as_ref(), "domain", "domain", Kind::Bool)?;
+        let mailbox = question(spec.mailbox.as_ref(), "mailbox", "mailbox", Kind::Bool)?;
+        let alias = question(spec.alias.as_ref(), "alias", "alias", Kind::List)?;
+        let senders = question(spec.senders.as_ref(), "senders", "senders", Kind::List)?;
+        let quota = question(spec.quota.as_ref(), "quota", "smtp_quota", Kind::Quota)?;
         let auth = compile_auth(spec, spec.auth.as_ref(), env)?;
         if [&domain, &mailbox, &alias, &senders, &quota]
             .iter()

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use postfix_adapter_backend::testkit::conformance::{Facts, check, check_unavailable};
+use postfix_adapter_backend::testkit::conformance::{check, check_unavailable};
 use postfix_adapter_backend::{Address, AuthOutcome, LookupBackend};
 use postfix_adapter_backend_sql::{Preset, Queries, SqlBackend, SqlConfig};
 
@@ -48,19 +48,7 @@ async fn a_postfixadmin_database_meets_the_contract() {
     let dir = tempfile::tempdir().unwrap();
     let url = database(dir.path()).await;
     let backend = SqlBackend::new(&config(&url)).unwrap();
-    let facts = Facts {
-        domain: Some("example.org"),
-        foreign_domain: Some("example.net"),
-        mailbox: Some("user@example.org"),
-        unknown_address: Some("nobody@example.org"),
-        alias: Some((
-            "alias@example.org",
-            &["user2@example.org", "user@example.org"],
-        )),
-        senders: Some(("user@example.org", &["user@example.org"])),
-        login: Some(("user@example.org", b"password")),
-        quota: None,
-    };
+    let facts = postfixadmin::facts();
     check(&backend, &facts).await;
     assert!(backend.health().await.is_ok());
 

@@ -49,3 +49,20 @@ INSERT INTO alias (address, goto, domain, active) VALUES
 "
     )
 }
+
+/// What the data holds, for the backend contract (`testkit::conformance::check`).
+pub(crate) fn facts() -> postfix_adapter_backend::testkit::conformance::Facts<'static> {
+    postfix_adapter_backend::testkit::conformance::Facts {
+        domain: Some("example.org"),
+        foreign_domain: Some("example.net"),
+        mailbox: Some("user@example.org"),
+        unknown_address: Some("nobody@example.org"),
+        alias: Some((
+            "alias@example.org",
+            &["user2@example.org", "user@example.org"],
+        )),
+        senders: Some(("user@example.org", &["user@example.org"])),
+        login: Some(("user@example.org", b"password")),
+        quota: None,
+    }
+}
