@@ -297,7 +297,7 @@ pub const SETTINGS: &[Setting] = &[
         "SQL_PRESET",
         Some("none"),
         false,
-        "`postfixadmin`: queries for PostfixAdmin's schema (`domain`, `mailbox`, `alias`, `alias_domain`: active rows, backup MX domains excluded, comma-separated `goto`, alias domains; passwords in SHA512-/SHA256-CRYPT, BLF-CRYPT (bcrypt) and ARGON2I/ARGON2ID, with or without the `{SCHEME}` prefix; md5crypt is not verified). `none`: only the `SQL_QUERY_*` given. A `SQL_QUERY_*` overrides the preset's query for its question.",
+        "`postfixadmin`: queries for PostfixAdmin's schema (`domain`, `mailbox`, `alias`, `alias_domain`: active rows, backup MX domains excluded, comma-separated `goto`, alias domains; passwords in SHA512-/SHA256-CRYPT, BLF-CRYPT (bcrypt), ARGON2I/ARGON2ID and the old MD5-CRYPT, with or without the `{SCHEME}` prefix). `none`: only the `SQL_QUERY_*` given. A `SQL_QUERY_*` overrides the preset's query for its question.",
     ),
     s(
         "SQL_QUERY_DOMAIN",

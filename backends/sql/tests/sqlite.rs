@@ -112,7 +112,14 @@ async fn alias_domains_inactive_rows_and_hash_prefixes() {
             .unwrap(),
         AuthOutcome::Failure { .. }
     ));
-    // A hash nobody can verify fails that login (and warns the operator), but is
+    // PostfixAdmin's old md5crypt, `openssl passwd -1 -salt saltsalt password`.
+    assert_eq!(
+        b.authenticate(&addr("old@example.org"), b"password")
+            .await
+            .unwrap(),
+        AuthOutcome::Success
+    );
+    // A hash nobody can verify (a malformed one here) fails that login (and warns the operator), but is
     // no error: errors count against the logins' circuit breaker, and anyone could
     // take SMTP AUTH down for everyone by trying that account.
     for _ in 0..10 {

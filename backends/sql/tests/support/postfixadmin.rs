@@ -40,7 +40,8 @@ INSERT INTO mailbox (username, password, local_part, domain, active) VALUES
   ('user@example.org', '{SHA512_PASSWORD}', 'user', 'example.org', '1'),
   ('user2@example.org', '{BCRYPT_ABC}', 'user2', 'example.org', '1'),
   ('disabled@example.org', '{SHA512_PASSWORD}', 'disabled', 'example.org', '0'),
-  ('odd@example.org', '{{MD5-CRYPT}}$1$abc$def', 'odd', 'example.org', '1');
+  ('odd@example.org', '{{MD5-CRYPT}}$1$abc$def', 'odd', 'example.org', '1'),
+  ('old@example.org', '{{MD5-CRYPT}}$1$saltsalt$qjXMvbEw8oaL.CzflDtaK/', 'old', 'example.org', '1');
 INSERT INTO alias (address, goto, domain, active) VALUES
   ('user@example.org', 'user@example.org', 'example.org', '1'),
   ('user2@example.org', 'user2@example.org', 'example.org', '1'),
