@@ -28,13 +28,12 @@ fn accepted(t: &Transcript, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs postgresql, postfix and swaks"]
 async fn postfix_delivers_and_authenticates_from_a_postfixadmin_database() {
-    let server = tokio::task::block_in_place(|| SqlServer::new(Kind::Postgres));
-    let sql = format!(
-        "{}{}",
-        postfixadmin::schema("boolean"),
-        postfixadmin::data()
-    );
-    server.create_database("postfixadmin", &sql).await;
+    let server = SqlServer::started_with(
+        Kind::Postgres,
+        "postfixadmin",
+        &postfixadmin::database("boolean"),
+    )
+    .await;
     let url = server.url("postfixadmin");
     let adapter = tokio::task::block_in_place(|| {
         common::Adapter::spawn(&[

@@ -68,14 +68,11 @@ async fn check_postfixadmin(backend: &SqlBackend) {
 /// A throw-away server of `kind` holding the PostfixAdmin test database
 /// `postfixadmin`.
 async fn postfixadmin_on(kind: Kind) -> SqlServer {
-    let server = tokio::task::block_in_place(|| SqlServer::new(kind));
     let boolean = match kind {
         Kind::Postgres => "boolean",
         Kind::MariaDb => "tinyint(1)",
     };
-    let sql = format!("{}{}", postfixadmin::schema(boolean), postfixadmin::data());
-    server.create_database("postfixadmin", &sql).await;
-    server
+    SqlServer::started_with(kind, "postfixadmin", &postfixadmin::database(boolean)).await
 }
 
 async fn sqlite_database(dir: &Path) -> String {

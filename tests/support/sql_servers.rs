@@ -222,6 +222,13 @@ impl SqlServer {
         pool.close().await;
     }
 
+    /// A new server of `kind` holding `database`, made by `sql`.
+    pub(crate) async fn started_with(kind: Kind, database: &str, sql: &str) -> Self {
+        let server = tokio::task::block_in_place(|| Self::new(kind));
+        server.create_database(database, sql).await;
+        server
+    }
+
     /// Where the server keeps its files (for logs on failure).
     #[allow(dead_code)]
     pub(crate) fn dir(&self) -> &Path {

@@ -125,7 +125,12 @@ impl SqlConfig {
     /// # Errors
     /// A [`SqlError`] naming the setting.
     pub fn validate(&self) -> Result<(), SqlError> {
-        let (dialect, _) = self.statements()?;
+        self.checked().map(|_| ())
+    }
+
+    /// The dialect and the statements, once the URL has been parsed by the driver.
+    fn checked(&self) -> Result<(Dialect, Statements), SqlError> {
+        let (dialect, statements) = self.statements()?;
         // The driver's own parser: a typo such as `sslmode=requir` is named now,
         // not found at the first lookup.
         let url = mariadb_as_mysql(dialect, &self.url);
@@ -142,7 +147,8 @@ impl SqlConfig {
                 "SQL_URL",
                 "cannot be parsed by the database driver (check the host, port and parameters)",
             )
-        })
+        })?;
+        Ok((dialect, statements))
     }
 
     fn statements(&self) -> Result<(Dialect, Statements), SqlError> {
@@ -194,24 +200,18 @@ impl SqlBackend {
     /// # Errors
     /// A [`SqlError`] naming the setting: an unusable URL or query.
     pub fn new(config: &SqlConfig) -> Result<Self, SqlError> {
-        let (dialect, statements) = config.statements()?;
+        let (dialect, statements) = config.checked()?;
         sqlx::any::install_default_drivers();
-        config.validate()?;
-        let url = match dialect {
-            Dialect::MySql => mariadb_as_mysql(dialect, &config.url),
-            // The server stops a statement at the deadline too, rather than working
-            // on for a caller that has long been answered (unless the URL says
-            // otherwise).
-            Dialect::Postgres if !config.url.contains("statement_timeout") => {
-                let separator = if config.url.contains('?') { '&' } else { '?' };
-                format!(
-                    "{}{separator}options=-c%20statement_timeout%3D{}",
-                    config.url,
-                    config.timeout.as_millis().max(1)
-                )
-            }
-            _ => config.url.clone(),
-        };
+        let mut url = mariadb_as_mysql(dialect, &config.url);
+        // The server stops a statement at the deadline too, rather than working on
+        // for a caller that has long been answered (unless the URL says otherwise).
+        if dialect == Dialect::Postgres && !url.contains("statement_timeout") {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            url.push_str(&format!(
+                "{separator}options=-c%20statement_timeout%3D{}",
+                config.timeout.as_millis().max(1)
+            ));
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections.max(1))
             .min_connections(0)

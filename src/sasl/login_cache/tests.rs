@@ -93,14 +93,8 @@ async fn only_a_refusal_of_the_cached_password_forgets_it_and_clearing_forgets_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifier_loaded_from_disk_goes_only_on_a_screened_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = crate::metrics::Metrics::new().unwrap();
-    let first = persisted(HOUR, HOUR);
-    let file = LoginCacheFile::open(dir.path(), first.clone(), &metrics).unwrap();
-    first.remember(LOGIN, b"right");
-    until_hashed(&first, 1).await;
-    file.save().await;
-    let second = persisted(HOUR, HOUR);
-    LoginCacheFile::open(dir.path(), second.clone(), &metrics).unwrap();
+    keep_login_on_disk(dir.path()).await;
+    let second = load_kept_logins(dir.path());
     // Refused without reaching the directory (say, an over-long password while
     // userli is down): kept.
     second.forget_if_refused(LOGIN, b"x", false);
@@ -175,15 +169,27 @@ fn persisted(ttl: Duration, stale_ttl: Duration) -> Arc<LoginCache> {
     }))
 }
 
+/// `LOGIN` with `right` verified by a cache that keeps logins in `dir`, saved.
+async fn keep_login_on_disk(dir: &std::path::Path) {
+    let metrics = crate::metrics::Metrics::new().unwrap();
+    let cache = persisted(HOUR, HOUR);
+    let file = LoginCacheFile::open(dir, cache.clone(), &metrics).unwrap();
+    cache.remember(LOGIN, b"right");
+    until_hashed(&cache, 1).await;
+    file.save().await;
+}
+
+/// A restarted cache (a new key) loading the logins kept in `dir`.
+fn load_kept_logins(dir: &std::path::Path) -> Arc<LoginCache> {
+    let cache = persisted(HOUR, HOUR);
+    LoginCacheFile::open(dir, cache.clone(), &crate::metrics::Metrics::new().unwrap()).unwrap();
+    cache
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persisted_verifiers_survive_a_restart_as_stale_only_argon2id_hashes() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = crate::metrics::Metrics::new().unwrap();
-    let first = persisted(HOUR, HOUR);
-    let file = LoginCacheFile::open(dir.path(), first.clone(), &metrics).unwrap();
-    first.remember(LOGIN, b"right");
-    until_hashed(&first, 1).await;
-    file.save().await;
+    keep_login_on_disk(dir.path()).await;
 
     let path = dir.path().join(file::LOGIN_CACHE_FILE);
     use std::os::unix::fs::PermissionsExt;
@@ -201,8 +207,7 @@ async fn persisted_verifiers_survive_a_restart_as_stale_only_argon2id_hashes() {
     assert_eq!(contents["argon2id"]["t"], 4);
 
     // The restart: a new key, the file loaded.
-    let second = persisted(HOUR, HOUR);
-    LoginCacheFile::open(dir.path(), second.clone(), &metrics).unwrap();
+    let second = load_kept_logins(dir.path());
     assert_eq!(second.exact_size().0, 1);
     assert!(
         second.answers_fresh(LOGIN, b"right").is_none(),
@@ -338,14 +343,8 @@ fn a_login_file_of_50k_entries_loads_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unknown_login_takes_as_long_as_a_kept_one_during_an_outage() {
     let dir = tempfile::tempdir().unwrap();
-    let metrics = crate::metrics::Metrics::new().unwrap();
-    let first = persisted(HOUR, HOUR);
-    let file = LoginCacheFile::open(dir.path(), first.clone(), &metrics).unwrap();
-    first.remember(LOGIN, b"right");
-    until_hashed(&first, 1).await;
-    file.save().await;
-    let second = persisted(HOUR, HOUR);
-    LoginCacheFile::open(dir.path(), second.clone(), &metrics).unwrap();
+    keep_login_on_disk(dir.path()).await;
+    let second = load_kept_logins(dir.path());
 
     let started = Instant::now();
     assert_eq!(

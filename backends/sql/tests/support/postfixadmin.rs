@@ -29,6 +29,11 @@ pub(crate) const SHA512_PASSWORD: &str = "{SHA512-CRYPT}$6$saltsalt$qFmFH.bQmmtX
 pub(crate) const BCRYPT_ABC: &str =
     "{BLF-CRYPT}$2a$06$If6bvum7DFjUnE9p2uDeDu0YHzrHM6tf.iqN8.yx.jNN1ILEf7h0i";
 
+/// The schema and the data, for a server whose flags are of type `boolean`.
+pub(crate) fn database(boolean: &str) -> String {
+    format!("{}{}", schema(boolean), data())
+}
+
 pub(crate) fn data() -> String {
     format!(
         "
